@@ -1,0 +1,7 @@
+"""Compute ops with one API: Triton kernels on CUDA tensors, torch reference ops otherwise.
+
+The model and the workers call only the names exported here.
+"""
+from minimax_m1.kernels.ops import lightning_decode, lightning_prefill, moe_experts
+
+__all__ = ["lightning_prefill", "lightning_decode", "moe_experts"]

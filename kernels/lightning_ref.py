@@ -1,0 +1,76 @@
+"""Torch reference ops for lightning (decayed linear) attention.
+
+Legend: N tokens (all sequences packed), S sequences, H heads, D head dim, P slots in a state pool.
+For each head with decay rate s, the state after token t is
+    KV_t = sum_{j<=t} exp(-s (t - j)) k_j^T v_j          # [D, D], kept in fp32
+and the output is o_t = q_t KV_t. No 1/sqrt(D) scaling and no normaliser (MiniMax-M1).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def lightning_prefill_ref(
+    q: torch.Tensor,  # [N, H, D]
+    k: torch.Tensor,  # [N, H, D]
+    v: torch.Tensor,  # [N, H, D]
+    slope: torch.Tensor,  # [H] decay rates
+    cu_seqlens: torch.Tensor,  # [S + 1] int, offsets of each sequence in N
+    initial_states: torch.Tensor | None,  # [S, H, D, D] fp32, or None for zeros
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked prefill of packed sequences. Returns (out [N, H, D], final states [S, H, D, D] fp32)."""
+    n, h, d = q.shape
+    num_seqs = cu_seqlens.numel() - 1
+    out = torch.empty_like(q)
+    finals = torch.empty(num_seqs, h, d, d, dtype=torch.float32, device=q.device)
+    s = slope.to(torch.float32).view(h, 1, 1)  # [H, 1, 1]
+    offsets = cu_seqlens.tolist()
+    for i in range(num_seqs):
+        start, end = offsets[i], offsets[i + 1]
+        state = (
+            initial_states[i].to(torch.float32).clone()
+            if initial_states is not None
+            else torch.zeros(h, d, d, dtype=torch.float32, device=q.device)
+        )
+        for b0 in range(start, end, block_size):
+            b1 = min(b0 + block_size, end)
+            m = b1 - b0
+            qb = q[b0:b1].transpose(0, 1).to(torch.float32)  # [H, m, D]
+            kb = k[b0:b1].transpose(0, 1).to(torch.float32)
+            vb = v[b0:b1].transpose(0, 1).to(torch.float32)
+            pos = torch.arange(m, device=q.device, dtype=torch.float32)
+            q_decay = torch.exp(-s * (pos + 1).view(1, m, 1))  # [H, m, 1] decay from the previous state
+            k_decay = torch.exp(-s * (m - 1 - pos).view(1, m, 1))  # [H, m, 1] decay to the block's end
+            diff = pos.view(m, 1) - pos.view(1, m)  # [m, m]
+            diag = torch.where(diff >= 0, torch.exp(-s * diff.clamp(min=0)), torch.zeros((), device=q.device))
+            intra = ((qb @ kb.transpose(1, 2)) * diag) @ vb  # [H, m, D]
+            inter = (qb * q_decay) @ state  # [H, m, D]
+            out[b0:b1] = (intra + inter).transpose(0, 1).to(q.dtype)
+            state = torch.exp(-s * m) * state + (kb * k_decay).transpose(1, 2) @ vb
+        finals[i] = state
+    return out, finals
+
+
+def lightning_decode_ref(
+    q: torch.Tensor,  # [B, H, D]
+    k: torch.Tensor,  # [B, H, D]
+    v: torch.Tensor,  # [B, H, D]
+    slope: torch.Tensor,  # [H]
+    state_pool: torch.Tensor,  # [P, H, D, D] fp32, updated in place
+    slot_ids: torch.Tensor,  # [B] int; -1 marks a padding row, which is skipped
+) -> torch.Tensor:
+    """One recurrent step per row: KV = exp(-s) KV + k^T v, o = q KV. Returns out [B, H, D]."""
+    out = torch.zeros_like(q)
+    live = (slot_ids >= 0).nonzero().flatten()  # [B'] rows with a real slot
+    if live.numel() == 0:
+        return out
+    slots = slot_ids[live]
+    h = q.shape[1]
+    decay = torch.exp(-slope.to(torch.float32)).view(1, h, 1, 1)
+    kf = k[live].to(torch.float32)
+    vf = v[live].to(torch.float32)
+    states = decay * state_pool[slots] + kf.unsqueeze(-1) * vf.unsqueeze(-2)  # [B', H, D, D]
+    state_pool[slots] = states
+    out[live] = torch.einsum("bhd,bhde->bhe", q[live].to(torch.float32), states).to(q.dtype)
+    return out
