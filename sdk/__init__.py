@@ -8,7 +8,56 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from minimax_m1._constants import VERSION as __version__
+from minimax_m1.client import AsyncClient, AsyncStream, Client, Stream
+from minimax_m1.errors import (
+    AuthenticationError,
+    ContextWindowExceededError,
+    DeadlineExceededError,
+    InternalServerError,
+    InvalidRequestError,
+    MiniMaxM1Error,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestCancelledError,
+    ServiceUnavailableError,
+)
+from minimax_m1.types import (
+    FinishReason,
+    GenerateResult,
+    LayerRouting,
+    ModelInfo,
+    StreamChunk,
+    Usage,
+)
+
+__all__ = [
+    "AsyncClient",
+    "AsyncStream",
+    "AuthenticationError",
+    "Client",
+    "ContextWindowExceededError",
+    "DeadlineExceededError",
+    "FinishReason",
+    "GenerateResult",
+    "InternalServerError",
+    "InvalidRequestError",
+    "LayerRouting",
+    "MiniMaxM1Error",
+    "ModelInfo",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestCancelledError",
+    "ServiceUnavailableError",
+    "Stream",
+    "StreamChunk",
+    "Usage",
+    "MiniMaxM1ForCausalLM",
+    "MiniMaxM1Config",
+    "MiniMaxM1Tokenizer",
+]
 
 # name -> module that defines it; imported on first access.
 _LAZY: dict[str, str] = {
