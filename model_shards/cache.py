@@ -1,0 +1,60 @@
+"""The hybrid state cache interface the layers use, and its simple in-process implementation.
+
+Lightning layers keep one fp32 state [H, D, D] per sequence in a slot pool; softmax layers keep the
+keys and values of every cached token. The engine provides a paged implementation of the same
+interface (`StateCache`); the layers never know which one they talk to.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class StateCache:
+    """Interface. Slots are small integers handed out by the owner of the cache."""
+
+    def lightning_pool(self, layer_idx: int) -> torch.Tensor:
+        """The fp32 state pool of a lightning layer, [P, H, D, D], indexed by slot."""
+        raise NotImplementedError
+
+    def append_kv(self, layer_idx: int, slot: int, start: int, k: torch.Tensor, v: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [t, Hkv, D] at positions start..start+t-1 of `slot` and return all of the
+        slot's keys and values up to start+t, [start+t, Hkv, D] each."""
+        raise NotImplementedError
+
+
+class ContiguousCache(StateCache):
+    """Preallocated per-slot buffers: the single-process model and tests use it.
+
+    Legend: P slots, L layers of a kind, H heads, Hkv key/value heads, D head dim, C capacity.
+    """
+
+    def __init__(self, config, num_slots: int, capacity: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu", num_heads: int | None = None, num_kv_heads: int | None = None):
+        h = num_heads or config.num_attention_heads
+        hkv = num_kv_heads or config.num_key_value_heads
+        d = config.head_dim
+        self.capacity = capacity
+        self._lightning = {
+            layer: torch.zeros(num_slots, h, d, d, dtype=torch.float32, device=device)  # [P, H, D, D]
+            for layer in config.lightning_layers
+        }
+        self._k = {layer: torch.zeros(num_slots, capacity, hkv, d, dtype=dtype, device=device)  # [P, C, Hkv, D]
+                   for layer in config.softmax_layers}
+        self._v = {layer: torch.zeros_like(self._k[layer]) for layer in config.softmax_layers}
+
+    def lightning_pool(self, layer_idx: int) -> torch.Tensor:
+        return self._lightning[layer_idx]
+
+    def append_kv(self, layer_idx, slot, start, k, v):
+        end = start + k.shape[0]
+        if end > self.capacity:
+            raise ValueError(f"sequence length {end} exceeds the cache capacity {self.capacity}")
+        kc, vc = self._k[layer_idx][slot], self._v[layer_idx][slot]
+        kc[start:end] = k
+        vc[start:end] = v
+        return kc[:end], vc[:end]
+
+    def reset_slot(self, slot: int) -> None:
+        for pool in self._lightning.values():
+            pool[slot].zero_()
