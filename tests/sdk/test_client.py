@@ -229,7 +229,7 @@ def test_rate_limit_gives_up_after_max_retries_with_retry_after(shedding):
 
 
 def test_no_retry_without_request_id(shedding):
-    server = shedding(failures=1, code=grpc.StatusCode.UNAVAILABLE, retry_after="0")
+    server = shedding(failures=2, code=grpc.StatusCode.UNAVAILABLE, retry_after="0")
     with Client(server.address) as client:
         with pytest.raises(ServiceUnavailableError):
             client.generate("a", max_output_tokens=1)
