@@ -21,45 +21,22 @@ import torch
 import triton
 import triton.language as tl
 
+from minimax_m1.kernels.triton_common import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    cast,
+    check_like,
+    check_on,
+    check_unit_stride,
+    dot_precision,
+    mm,
+    tile,
+    widen,
+)
+
 # Tokens per chunk in the Triton prefill. The result does not depend on it (the math is exact for
 # any chunking); the reference's block_size only fixes the reference's own evaluation order.
 DEFAULT_CHUNK = 64
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_INDEX_DTYPES = (torch.int32, torch.int64)
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision: fp32 inputs honour torch's TF32 switch; 16-bit inputs ignore it."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
-
-
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))  # tl.dot needs every tile side >= 16
-
-
-# WIDEN is True only under Triton's CPU interpreter (no CUDA tensor), whose bfloat16 support has two
-# faults (Triton 3.9): tl.dot multiplies bfloat16 operands as their raw uint16 bits, and an fp32 ->
-# bfloat16 cast truncates where the GPU rounds to nearest even. The two helpers below route around
-# both, so interpreted runs round exactly as the GPU does; on the GPU they are a plain dot and cast.
-@triton.jit
-def mm(a, b, PRECISION: tl.constexpr, WIDEN: tl.constexpr):
-    """a @ b with fp32 accumulation."""
-    if WIDEN:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
-def cast(x, dtype: tl.constexpr, WIDEN: tl.constexpr):
-    """x.to(dtype), rounding to nearest even."""
-    if WIDEN:
-        if dtype == tl.bfloat16:
-            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            x = bits.to(tl.float32, bitcast=True)  # now exact in bfloat16, so truncation is exact
-    return x.to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------

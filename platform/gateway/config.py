@@ -219,6 +219,8 @@ class GatewayConfig:
         _require(1 <= self.max_input_bytes <= self.max_message_bytes, "max_input_bytes",
                  f"must be in [1, max_message_bytes={self.max_message_bytes}], got {self.max_input_bytes!r}")
         _non_negative(self, "auth_cache_s")
+        _require(self.quotas.lease_s >= self.upstream.timeout_s, "quotas.lease_s",
+                 f"must be >= upstream.timeout_s ({self.upstream.timeout_s}) so a live call keeps its slot")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "GatewayConfig":

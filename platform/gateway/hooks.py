@@ -170,6 +170,7 @@ class OutboxDelivery:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()  # before draining, so a notify during the drain is not lost
             try:
                 if await self.drain_once() >= self._batch_size:
                     continue  # more may be due right away
@@ -177,7 +178,6 @@ class OutboxDelivery:
                 raise
             except Exception:  # the database hiccuped; keep the loop alive
                 log.exception("billing outbox for %s", self.hook.name)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll_s)
             except asyncio.TimeoutError:

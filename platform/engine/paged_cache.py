@@ -1,0 +1,54 @@
+"""PagedCache: the hybrid state cache with paged KV blocks (the engine's StateCache).
+
+Legend: P state slots, NB KV blocks, BS tokens per block, Hkv KV heads, D head dim.
+- lightning layers: one fp32 state [H, D, D] per slot, in a pool [P, H, D, D] per layer;
+- softmax layers: key/value blocks [NB, BS, Hkv, D] per layer, addressed through each sequence's
+  block table (logical block i of a sequence -> physical block id).
+The engine's scheduler owns the bookkeeping (which slot and which blocks a sequence holds) and
+passes block tables with every step; this class only holds the memory.
+"""
+from __future__ import annotations
+
+import torch
+
+from minimax_m1.model_shards.cache import StateCache
+
+
+class PagedCache(StateCache):
+    def __init__(self, config, num_slots: int, num_blocks: int, block_size: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu", num_heads: int | None = None, num_kv_heads: int | None = None):
+        h = num_heads or config.num_attention_heads
+        hkv = num_kv_heads or config.num_key_value_heads
+        d = config.head_dim
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self._lightning = {layer: torch.zeros(num_slots, h, d, d, dtype=torch.float32, device=device)
+                           for layer in config.lightning_layers}  # [P, H, D, D]
+        self._k = {layer: torch.zeros(num_blocks, block_size, hkv, d, dtype=dtype, device=device)
+                   for layer in config.softmax_layers}  # [NB, BS, Hkv, D]
+        self._v = {layer: torch.zeros_like(self._k[layer]) for layer in config.softmax_layers}
+        self.block_tables: dict[int, list[int]] = {}  # slot -> physical blocks, set per step
+
+    def set_block_tables(self, tables: dict[int, list[int]]) -> None:
+        self.block_tables = tables
+
+    def lightning_pool(self, layer_idx: int) -> torch.Tensor:
+        return self._lightning[layer_idx]
+
+    def append_kv(self, layer_idx, slot, start, k, v):
+        table = self.block_tables.get(slot)
+        end = start + k.shape[0]
+        if table is None or len(table) * self.block_size < end:
+            have = 0 if table is None else len(table) * self.block_size
+            raise RuntimeError(f"slot {slot} has KV blocks for {have} tokens, needs {end}")
+        bs = self.block_size
+        idx = torch.tensor(table, dtype=torch.long, device=k.device)
+        pos = torch.arange(start, end, device=k.device)
+        blocks, offsets = idx[pos // bs], pos % bs  # [t] each
+        kc, vc = self._k[layer_idx], self._v[layer_idx]
+        kc[blocks, offsets] = k
+        vc[blocks, offsets] = v
+        used = idx[: (end + bs - 1) // bs]
+        keys = kc[used].reshape(-1, *kc.shape[2:])[:end]  # [end, Hkv, D]
+        values = vc[used].reshape(-1, *vc.shape[2:])[:end]
+        return keys, values
