@@ -18,6 +18,7 @@ The fake model's rules, which tests rely on:
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from concurrent import futures
@@ -249,3 +250,15 @@ class RunningServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def dead_address() -> str:
+    """A 127.0.0.1 address where nothing listens (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def gaps(calls: list[Call]) -> list[float]:
+    """Seconds between consecutive calls' arrivals."""
+    return [b.at - a.at for a, b in zip(calls, calls[1:])]

@@ -5,14 +5,13 @@ The servers run a FAKE MODEL (deterministic stand-in for the GPU model; see fake
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import grpc
 import pytest
 
 import minimax_m1
-from fake_upstream import MAX_CONTEXT, MODEL_ID, fake_greedy_text
+from fake_upstream import MAX_CONTEXT, MODEL_ID, dead_address, fake_greedy_text, gaps
 from minimax_m1 import (
     AsyncClient,
     ContextWindowExceededError,
@@ -23,16 +22,6 @@ from minimax_m1 import (
     RateLimitError,
     ServiceUnavailableError,
 )
-
-
-def _dead_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-def _gaps(calls) -> list[float]:
-    return [b.at - a.at for a, b in zip(calls, calls[1:])]
 
 
 # -- generate, stream, count_tokens, list_models --------------------------------------------
@@ -177,7 +166,7 @@ async def test_bad_values_are_rejected_before_sending(upstream, fake_model):
 
 
 async def test_unreachable_endpoint_is_service_unavailable():
-    async with AsyncClient(_dead_address(), max_retries=0, timeout=5) as client:
+    async with AsyncClient(dead_address(), max_retries=0, timeout=5) as client:
         with pytest.raises(ServiceUnavailableError):
             await client.count_tokens("a")
 
@@ -204,7 +193,7 @@ async def test_retries_reuse_the_request_id_and_honour_retry_after(shedding):
     calls = server.servicer.calls
     assert len(calls) == 3  # 1 + the default 2 retries
     assert {c.request_id for c in calls} == {"rid-7"}
-    assert all(gap >= 0.3 for gap in _gaps(calls))
+    assert all(gap >= 0.3 for gap in gaps(calls))
     assert result.request_id == "rid-7"
 
 
@@ -212,7 +201,7 @@ async def test_backoff_is_exponential_with_jitter_without_retry_after(shedding):
     server = shedding(failures=2, code=grpc.StatusCode.UNAVAILABLE)
     async with AsyncClient(server.address) as client:
         await client.generate("a", max_output_tokens=1, request_id="r")
-    first, second = _gaps(server.servicer.calls)
+    first, second = gaps(server.servicer.calls)
     assert first >= 0.5 * 0.75  # min(0.5 * 2**0, 8) times jitter in [0.75, 1]
     assert second >= 1.0 * 0.75  # min(0.5 * 2**1, 8) times jitter
 
@@ -276,7 +265,7 @@ async def test_retry_after_beyond_60_s_falls_back_to_backoff(shedding):
     server = shedding(failures=1, code=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after="3600")
     async with AsyncClient(server.address) as client:
         await client.generate("a", max_output_tokens=1, request_id="r")
-    (gap,) = _gaps(server.servicer.calls)
+    (gap,) = gaps(server.servicer.calls)
     assert 0.5 * 0.75 <= gap < 60  # the backoff, not an hour
 
 
