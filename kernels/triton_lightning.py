@@ -187,41 +187,34 @@ def _decode_kernel(
 # ----------------------------------------------------------------------------------------------
 # Wrappers: check, then launch
 # ----------------------------------------------------------------------------------------------
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lead: str) -> tuple[int, int, int]:
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: str) -> tuple[int, int, int]:
     if q.dim() != 3:
-        raise ValueError(f"q must be [{lead}, H, D], got shape {tuple(q.shape)}")
-    for name, t in (("k", k), ("v", v)):
-        if t.shape != q.shape:
-            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, got {tuple(t.shape)}")
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
-    if q.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"q must be [{rows}, H, D], got shape {tuple(q.shape)}")
+    if q.dtype not in FLOAT_DTYPES:
         raise ValueError(f"q must be float16, bfloat16 or float32, got {q.dtype}")
+    check_like(k, "k", q, "q")
+    check_like(v, "v", q, "q")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must have unit stride in its last (head dim) axis, got strides {t.stride()}")
-    return q.shape  # type: ignore[return-value]
+        check_unit_stride(t, name)
+    return tuple(q.shape)  # type: ignore[return-value]
 
 
 def _check_slope(slope: torch.Tensor, h: int, device: torch.device) -> torch.Tensor:
-    if slope.shape != (h,):
-        raise ValueError(f"slope must be [H] = [{h}], got shape {tuple(slope.shape)}")
-    if not slope.is_floating_point():
-        raise ValueError(f"slope must be a float tensor, got {slope.dtype}")
-    if slope.device != device:
-        raise ValueError(f"slope must be on {device}, got {slope.device}")
+    if slope.shape != (h,) or not slope.is_floating_point():
+        raise ValueError(f"slope must be a float tensor [H] = [{h}], got {slope.dtype} {tuple(slope.shape)}")
+    check_on(slope, "slope", slope.dtype, device)
     return slope.to(torch.float32).contiguous()
 
 
 def _check_states(t: torch.Tensor, name: str, shape: tuple[int, ...], device: torch.device) -> None:
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.dtype != torch.float32:
-        raise ValueError(f"{name} must be float32, got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"{name} must be on {device}, got {t.device}")
+    check_on(t, name, torch.float32, device)
+
+
+def _check_out(out: torch.Tensor, q: torch.Tensor) -> None:
+    check_like(out, "out", q, "q")
+    check_unit_stride(out, "out")
 
 
 def lightning_prefill_triton(
@@ -237,18 +230,19 @@ def lightning_prefill_triton(
     out: torch.Tensor | None = None,  # [N, H, D], q's dtype; written whole
     final_states: torch.Tensor | None = None,  # [S, H, D, D] fp32; written whole
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """lightning_prefill_ref's contract. block_size is checked but the kernel chunks by chunk_size."""
+    """lightning_prefill_ref's contract. block_size is checked; the kernel chunks by chunk_size."""
     n, h, d = _check_qkv(q, k, v, "N")
-    if not isinstance(block_size, int) or block_size <= 0:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
     device = q.device
     slope32 = _check_slope(slope, h, device)
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1 or cu_seqlens.dtype not in _INDEX_DTYPES:
-        raise ValueError(f"cu_seqlens must be a 1-D int32/int64 tensor [S + 1], got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
-    if cu_seqlens.device != device:
-        raise ValueError(f"cu_seqlens must be on {device}, got {cu_seqlens.device}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1 or cu_seqlens.dtype not in INDEX_DTYPES:
+        raise ValueError(
+            f"cu_seqlens must be a 1-D int32/int64 tensor [S + 1], got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}"
+        )
+    check_on(cu_seqlens, "cu_seqlens", cu_seqlens.dtype, device)
     num_seqs = cu_seqlens.numel() - 1
     state_shape = (num_seqs, h, d, d)
     if initial_states is not None:
@@ -256,8 +250,8 @@ def lightning_prefill_triton(
         initial_states = initial_states.contiguous()
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype} with unit last stride")
+    else:
+        _check_out(out, q)
     if final_states is None:
         final_states = torch.empty(state_shape, dtype=torch.float32, device=device)
     else:
@@ -267,32 +261,30 @@ def lightning_prefill_triton(
     if num_seqs == 0:
         return out, final_states
 
-    # Chunk bookkeeping: one host sync, for the number of chunks (the size of the state buffer).
-    cu = cu_seqlens.to(torch.int64)
-    lengths = cu[1:] - cu[:-1]  # [S]
+    # Chunk bookkeeping. One host sync, for the chunk count that sizes the chunk-state buffer.
     bounds = cu_seqlens.tolist()
     if bounds[0] != 0 or bounds[-1] != n or any(a > b for a, b in zip(bounds, bounds[1:])):
         raise ValueError(f"cu_seqlens must rise from 0 to N = {n}, got {bounds}")
-    chunks_per_seq = (lengths + chunk_size - 1) // chunk_size  # [S]
+    num_chunks = sum(triton.cdiv(b - a, chunk_size) for a, b in zip(bounds, bounds[1:]))
+    cu = cu_seqlens.to(torch.int64)
+    chunks_per_seq = (cu[1:] - cu[:-1] + chunk_size - 1) // chunk_size  # [S]
     chunk_start = torch.cumsum(chunks_per_seq, 0) - chunks_per_seq  # [S] first chunk of each sequence
-    num_chunks = sum((b - a + chunk_size - 1) // chunk_size for a, b in zip(bounds, bounds[1:]))
     chunk_seq = torch.repeat_interleave(
-        torch.arange(num_seqs, device=device), chunks_per_seq, output_size=num_chunks
-    ).to(torch.int32)  # [C] sequence of each chunk
+        torch.arange(num_seqs, device=device, dtype=torch.int32), chunks_per_seq, output_size=num_chunks
+    )  # [C] sequence of each chunk
     # 16-bit inputs meet the chunk states in 16-bit dots; the running state itself stays fp32.
     state_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
     chunk_states = torch.empty(num_chunks, h, d, d, dtype=state_dtype, device=device)  # [C, H, D, D]
 
-    bd = _pow2(d)
+    bd = tile(d)
     precision = dot_precision(q.dtype)
-    bk = min(bd, 64)
-    bv = min(bd, 32)
-    init = initial_states if initial_states is not None else final_states  # a valid pointer, never read
+    bk, bv = min(bd, 64), min(bd, 32)
+    init = initial_states if initial_states is not None else final_states  # any valid pointer; unread
     _prefill_state_kernel[(triton.cdiv(d, bk), triton.cdiv(d, bv), num_seqs * h)](
         k, v, slope32, cu_seqlens, chunk_start, init, chunk_states, final_states,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         H=h, D=d, BT=chunk_size, BK=bk, BV=bv,
-        HAS_INIT=initial_states is not None, PRECISION=precision, WIDEN=not q.is_cuda,
+        HAS_INIT=initial_states is not None, PRECISION=precision, WIDEN=widen(q),
         num_warps=4, num_stages=2,
     )
     if num_chunks:
@@ -301,8 +293,8 @@ def lightning_prefill_triton(
             q, k, v, out, slope32, cu_seqlens, chunk_start, chunk_seq, chunk_states,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1),
-            H=h, D=d, BT=chunk_size, BD=bd, BV=bv_out, PRECISION=precision, WIDEN=not q.is_cuda,
-            num_warps=4 if bd * bv_out <= 64 * 64 else 8, num_stages=2,
+            H=h, D=d, BT=chunk_size, BD=bd, BV=bv_out, PRECISION=precision, WIDEN=widen(q),
+            num_warps=8 if bd * bv_out > 64 * 64 else 4, num_stages=2,
         )
     return out, final_states
 
@@ -317,32 +309,31 @@ def lightning_decode_triton(
     *,
     out: torch.Tensor | None = None,  # [B, H, D], q's dtype; written whole (zeros on padding rows)
 ) -> torch.Tensor:
-    """lightning_decode_ref's contract. Live slot ids must be distinct (as in the reference)."""
+    """lightning_decode_ref's contract. Live slot ids must be distinct, as for the reference."""
     b, h, d = _check_qkv(q, k, v, "B")
     device = q.device
     slope32 = _check_slope(slope, h, device)
-    if state_pool.dim() != 4 or tuple(state_pool.shape[1:]) != (h, d, d):
+    if state_pool.dim() != 4:
         raise ValueError(f"state_pool must be [P, {h}, {d}, {d}], got {tuple(state_pool.shape)}")
-    _check_states(state_pool, "state_pool", tuple(state_pool.shape), device)
+    _check_states(state_pool, "state_pool", (state_pool.shape[0], h, d, d), device)
     if state_pool.stride(-1) != 1 or state_pool.stride(-2) != d:
-        raise ValueError(f"state_pool must have each [D, D] state contiguous, got strides {state_pool.stride()}")
-    if slot_ids.shape != (b,) or slot_ids.dtype not in _INDEX_DTYPES:
+        raise ValueError(f"state_pool must hold each [D, D] state contiguous, got strides {state_pool.stride()}")
+    if slot_ids.shape != (b,) or slot_ids.dtype not in INDEX_DTYPES:
         raise ValueError(f"slot_ids must be an int32/int64 tensor [B] = [{b}], got {slot_ids.dtype} {tuple(slot_ids.shape)}")
-    if slot_ids.device != device:
-        raise ValueError(f"slot_ids must be on {device}, got {slot_ids.device}")
+    check_on(slot_ids, "slot_ids", slot_ids.dtype, device)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype} with unit last stride")
+    else:
+        _check_out(out, q)
     if b == 0:
         return out
-    bd = _pow2(d)
+    bd = tile(d)
     bv = min(bd, 32)
     _decode_kernel[(b, h, triton.cdiv(d, bv))](
         q, k, v, out, slope32, state_pool, slot_ids.contiguous(), state_pool.shape[0],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), state_pool.stride(0), state_pool.stride(1),
-        D=d, BD=bd, BV=bv, WIDEN=not q.is_cuda,
+        D=d, BD=bd, BV=bv, WIDEN=widen(q),
         num_warps=4,
     )
     return out
