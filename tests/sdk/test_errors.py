@@ -1,27 +1,30 @@
-"""The status -> exception table and retry-after parsing."""
+"""The status -> exception table (through a real server failing with each code) and retry-after."""
 from __future__ import annotations
 
 import grpc
 import pytest
 
 import minimax_m1
-from minimax_m1 import errors
+from fake_upstream import RunningServer
+from minimax_m1 import Client, errors
+from minimax_m1._generated import generation_pb2_grpc as pb_grpc
 
 
-class _FakeRpcError(grpc.RpcError):
-    """A stand-in for a failed call's error object: only what from_rpc_error reads."""
+class AbortingServicer(pb_grpc.GenerationServicer):
+    """Fails CountTokens with the status named by its input, e.g. "UNAVAILABLE"."""
 
-    def __init__(self, code, details, trailing=()):
-        self._code, self._details, self._trailing = code, details, trailing
+    def CountTokens(self, request, context):
+        code = grpc.StatusCode[request.input]
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            context.set_trailing_metadata((("retry-after", "12"),))
+        context.abort(code, f"failing with {code.name}")
 
-    def code(self):
-        return self._code
 
-    def details(self):
-        return self._details
-
-    def trailing_metadata(self):
-        return self._trailing
+@pytest.fixture(scope="module")
+def aborting():
+    with RunningServer(AbortingServicer()) as server:
+        with Client(server.address, max_retries=0, timeout=30) as client:
+            yield client
 
 
 @pytest.mark.parametrize(
@@ -40,19 +43,20 @@ class _FakeRpcError(grpc.RpcError):
         (grpc.StatusCode.UNKNOWN, minimax_m1.InternalServerError),
     ],
 )
-def test_each_status_maps_to_its_class(code, cls):
-    error = errors.from_rpc_error(_FakeRpcError(code, "why"), request_id="r1")
-    assert type(error) is cls
-    assert isinstance(error, minimax_m1.MiniMaxM1Error)
-    assert (error.code, error.message, error.request_id) == (code, "why", "r1")
-    assert str(error) == f"{code.name}: why"
+def test_each_status_maps_to_its_class(aborting, code, cls):
+    with pytest.raises(minimax_m1.MiniMaxM1Error) as exc:
+        aborting.count_tokens(code.name)
+    assert type(exc.value) is cls
+    assert (exc.value.code, exc.value.message) == (code, f"failing with {code.name}")
+    assert str(exc.value) == f"{code.name}: failing with {code.name}"
 
 
-def test_every_status_gives_a_typed_error():
+def test_every_status_gives_a_typed_error(aborting):
     for code in grpc.StatusCode:
         if code is grpc.StatusCode.OK:
             continue
-        assert isinstance(errors.from_rpc_error(_FakeRpcError(code, "")), minimax_m1.MiniMaxM1Error)
+        with pytest.raises(minimax_m1.MiniMaxM1Error):
+            aborting.count_tokens(code.name)
 
 
 def test_context_window_errors_are_invalid_requests():
@@ -78,7 +82,7 @@ def test_parse_retry_after(metadata, expected):
     assert errors.parse_retry_after(metadata) == expected
 
 
-def test_rate_limit_error_carries_retry_after():
-    exc = _FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", (("retry-after", "12"),))
-    error = errors.from_rpc_error(exc)
-    assert isinstance(error, minimax_m1.RateLimitError) and error.retry_after == 12.0
+def test_rate_limit_error_carries_retry_after(aborting):
+    with pytest.raises(minimax_m1.RateLimitError) as exc:
+        aborting.count_tokens("RESOURCE_EXHAUSTED")
+    assert exc.value.retry_after == 12.0
