@@ -1,0 +1,8 @@
+"""Project-wide pytest settings: small torch thread pools so parallel suites share 2 cores."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_REFERENCE = os.path.join(os.path.dirname(REPO_ROOT), "shared", "reference")
