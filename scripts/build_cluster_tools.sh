@@ -62,11 +62,19 @@ wrapper_module() {
 }
 
 build_helm() {
-  is_current helm "$HELM_VERSION" "$BIN/helm" && return 0
+  [ -x "$BIN/helm" ] && grep -q "^$HELM_VERSION+k8s" "$STAMPS/helm" 2>/dev/null && return 0
   log "building helm $HELM_VERSION"
-  GOBIN="$BIN" timed helm $GO install -ldflags "$LDFLAGS -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  stamp helm "$HELM_VERSION"
+  # helm's own Makefile stamps the Kubernetes version it was built against (the default for
+  # `helm template` and `helm lint`) from its client-go; without it helm assumes v1.20.
+  local gomod minor
+  gomod="$(cd "$SRC" && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -nE 's/^\s*"GoMod": "(.*)",?$/\1/p')"
+  minor="$(sed -nE 's#^\s*k8s\.io/client-go v0\.([0-9]+)\..*#\1#p' "$gomod" | head -n 1)"
+  local x="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local pkg; for pkg in pkg/chartutil pkg/lint/rules; do
+    x="$x -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$minor"
+  done
+  GOBIN="$BIN" timed helm $GO install -ldflags "$LDFLAGS $x" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  stamp helm "$HELM_VERSION+k8s1.$minor"
 }
 
 build_etcd() {

@@ -144,6 +144,9 @@ Cross-field rules that values.schema.json cannot express. Each failure names the
 {{- if and .Values.gateway.autoscaling.enabled (gt (int .Values.gateway.autoscaling.maxReplicas) 1) (not .Values.gateway.redis.secretName) }}
 {{- fail "gateway.autoscaling.maxReplicas > 1 needs gateway.redis.secretName: the in-memory quota store is per replica" }}
 {{- end }}
+{{- if and (hasPrefix "pvc://" $m.uri) (not $m.storage.claimName) (not $m.demoCheckpoint.enabled) }}
+{{- fail (printf "model.uri=%s reads the weights from a volume: set model.storage.claimName to the PersistentVolumeClaim holding them (or use an hf:// URI)" $m.uri) }}
+{{- end }}
 {{- if and (hasPrefix "hf://" $m.uri) $m.demoCheckpoint.enabled }}
 {{- fail "model.demoCheckpoint.enabled writes a random checkpoint; it cannot be combined with an hf:// model.uri" }}
 {{- end }}
