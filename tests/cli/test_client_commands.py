@@ -5,10 +5,8 @@ for the GPU model.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -17,19 +15,7 @@ import pytest
 
 from minimax_m1.cli import common
 from minimax_m1.cli.main import main
-
-
-def _load_fake_upstream():
-    # tests/ has no package root to import from, so load the SDK tests' server module by path.
-    path = pathlib.Path(__file__).parents[1] / "sdk" / "fake_upstream.py"
-    spec = importlib.util.spec_from_file_location("sdk_fake_upstream", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
-
-
-fake = _load_fake_upstream()
+from tests.sdk import fake_upstream as fake
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fake_upstream import FakeModelServicer, RunningServer, SheddingServicer
+from tests.sdk.fake_upstream import FakeModelServicer, RunningServer, SheddingServicer
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 import minimax_m1
-from fake_upstream import MAX_CONTEXT, MODEL_ID, dead_address, fake_greedy_text, gaps
+from tests.sdk.fake_upstream import MAX_CONTEXT, MODEL_ID, dead_address, fake_greedy_text, gaps
 from minimax_m1 import (
     Client,
     ContextWindowExceededError,

@@ -5,7 +5,7 @@ import grpc
 import pytest
 
 import minimax_m1
-from fake_upstream import RunningServer
+from tests.sdk.fake_upstream import RunningServer
 from minimax_m1 import Client, errors
 from minimax_m1._generated import generation_pb2_grpc as pb_grpc
 

@@ -8,7 +8,7 @@ import sys
 import grpc
 import pytest
 
-from fake_upstream import FakeModelServicer, RunningServer, SheddingServicer, dead_address
+from tests.sdk.fake_upstream import FakeModelServicer, RunningServer, SheddingServicer, dead_address
 from minimax_m1 import AsyncClient, Client, ServiceUnavailableError
 from minimax_m1._base import resolve_target
 
