@@ -190,7 +190,7 @@ class Call:
 
 @dataclass
 class SheddingServicer(pb_grpc.GenerationServicer):
-    """Sheds load for its first `failures` calls, then delegates to `inner`.
+    """Sheds load for its first `failures` calls (of `methods`), then delegates to `inner`.
 
     Each shed call aborts with `code` and, when retry_after is set, trailing `retry-after`
     metadata. Every call is recorded in `calls` (method, arrival time, request id, auth header).
@@ -200,9 +200,14 @@ class SheddingServicer(pb_grpc.GenerationServicer):
     failures: int = 2
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     retry_after: str | None = None
+    # Only these methods are recorded and shed; others pass straight through (a gateway's
+    # ListModels lookups must not use up the failures meant for Generate).
+    methods: tuple[str, ...] = ("Generate", "GenerateStream", "CountTokens", "ListModels")
     calls: list[Call] = field(default_factory=list)
 
     def _record(self, method: str, request, context) -> None:
+        if method not in self.methods:
+            return
         metadata = dict(context.invocation_metadata())
         self.calls.append(Call(method, time.monotonic(), getattr(request, "request_id", ""),
                                metadata.get("authorization")))

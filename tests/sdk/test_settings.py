@@ -1,7 +1,6 @@
 """Client settings: environment variables vs arguments, endpoints, TLS, and import hygiene."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -94,32 +93,15 @@ def test_bad_settings_name_the_field(kwargs, field):
 # -- TLS ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A self-signed certificate for localhost / 127.0.0.1, made with the openssl binary."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl binary is needed to make a test certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return key.read_bytes(), cert.read_bytes()
-
-
 @pytest.fixture
 def tls_server(certificate):
-    key, cert = certificate
-    credentials = grpc.ssl_server_credentials([(key, cert)])
+    credentials = grpc.ssl_server_credentials([(certificate.key, certificate.cert)])
     with RunningServer(FakeModelServicer(), credentials=credentials) as server:
         yield server
 
 
 def test_tls_with_custom_ca(tls_server, certificate):
-    _, cert = certificate
+    cert = certificate.cert
     with Client(f"grpcs://localhost:{tls_server.port}", root_certificates=cert) as client:
         assert client.generate("secure words", max_output_tokens=2).text == " secure words"
     with Client(f"localhost:{tls_server.port}", tls=True, root_certificates=cert) as client:
@@ -128,7 +110,7 @@ def test_tls_with_custom_ca(tls_server, certificate):
 
 
 async def test_async_tls_with_custom_ca(tls_server, certificate):
-    _, cert = certificate
+    cert = certificate.cert
     async with AsyncClient(f"localhost:{tls_server.port}", root_certificates=cert) as client:
         assert (await client.generate("x", max_output_tokens=1)).text == " x"
 
