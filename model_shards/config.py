@@ -166,9 +166,8 @@ class MiniMaxM1Config:
         return d
 
     def to_transformers_dict(self) -> dict[str, Any]:
-        """The config in transformers' `minimax` layout (full rotary only: it has no rotary_dim)."""
-        if self.rotary_dim_effective != self.head_dim:
-            raise ConfigError("transformers' layout has no 'rotary_dim': partial rotary cannot be expressed")
+        """The config in transformers' `minimax` layout. That layout has no partial rotary; a partial
+        `rotary_dim` is written as an extra field, which we read back and transformers ignores."""
         d = {
             "architectures": ["MiniMaxForCausalLM"], "model_type": "minimax",
             "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
@@ -188,6 +187,11 @@ class MiniMaxM1Config:
             "eos_token_id": (list(self.eos_token_id) if len(self.eos_token_id) != 1 else self.eos_token_id[0]) or None,
             "pad_token_id": self.pad_token_id, "dtype": self.torch_dtype,
         }
+        if self.rotary_dim_effective != self.head_dim:
+            d["rotary_dim"] = self.rotary_dim_effective
+        if self.think_start_token_id is not None:
+            d["think_start_token_id"] = self.think_start_token_id
+            d["think_end_token_id"] = self.think_end_token_id
         return d
 
 
