@@ -1,5 +1,13 @@
-"""Dispatch: pick the implementation of each op from the device of its inputs."""
+"""Dispatch: pick the implementation of each op from the device of its inputs.
+
+CUDA tensors go to the Triton kernels when Triton imports; everything else (CPU tensors, or a
+machine without Triton) goes to the torch reference ops. Both sides share one API and one meaning.
+The Triton modules are imported on the first CUDA call, so CPU-only users never import Triton.
+"""
 from __future__ import annotations
+
+import functools
+from types import ModuleType
 
 import torch
 
@@ -7,16 +15,42 @@ from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_pre
 from minimax_m1.kernels.moe_ref import moe_experts_ref
 
 
+@functools.cache
+def _triton_kernels() -> tuple[ModuleType, ModuleType] | None:
+    """(triton_lightning, triton_moe), or None where Triton is not installed."""
+    try:
+        from minimax_m1.kernels import triton_lightning, triton_moe
+    except ImportError:
+        return None
+    return triton_lightning, triton_moe
+
+
+def backend_for(device: torch.device) -> str:
+    """'triton' for CUDA devices when Triton imports, else 'torch'."""
+    if device.type == "cuda" and _triton_kernels() is not None:
+        return "triton"
+    return "torch"
+
+
 def lightning_prefill(q, k, v, slope, cu_seqlens, initial_states, block_size):
+    """See lightning_prefill_ref. Returns (out [N, H, D], final states [S, H, D, D] fp32)."""
+    if backend_for(q.device) == "triton":
+        return _triton_kernels()[0].lightning_prefill_triton(q, k, v, slope, cu_seqlens, initial_states, block_size)
     return lightning_prefill_ref(q, k, v, slope, cu_seqlens, initial_states, block_size)
 
 
 def lightning_decode(q, k, v, slope, state_pool, slot_ids):
+    """See lightning_decode_ref. Returns out [B, H, D]; updates state_pool in place."""
+    if backend_for(q.device) == "triton":
+        return _triton_kernels()[0].lightning_decode_triton(q, k, v, slope, state_pool, slot_ids)
     return lightning_decode_ref(q, k, v, slope, state_pool, slot_ids)
 
 
 def moe_experts(x, topk_ids, topk_weights, w13, w2, expert_offset: int = 0):
+    """See moe_experts_ref. Returns [T, h] in x's dtype."""
+    if backend_for(x.device) == "triton":
+        return _triton_kernels()[1].moe_experts_triton(x, topk_ids, topk_weights, w13, w2, expert_offset)
     return moe_experts_ref(x, topk_ids, topk_weights, w13, w2, expert_offset)
 
 
-__all__ = ["lightning_prefill", "lightning_decode", "moe_experts", "torch"]
+__all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts"]
