@@ -165,3 +165,34 @@ def test_help_lists_the_client_commands():
                          capture_output=True, text=True)  # fmt: skip
     for command in ("generate", "count-tokens", "models"):
         assert command in out.stdout
+
+
+# -- through the real gateway -----------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway(server, tmp_path):
+    from tests.sdk.gateway_stack import GatewayStack
+
+    stack = GatewayStack(server.address, tmp_path)
+    yield stack
+    stack.stop()
+
+
+def test_generate_through_the_gateway(gateway, capsys, monkeypatch):
+    monkeypatch.setenv("MINIMAX_M1_API_KEY", gateway.create_key().key)
+    monkeypatch.setenv("MINIMAX_M1_ENDPOINT", gateway.address)
+    assert main(["generate", "via gateway", "--max-output-tokens", "3", "--stream"]) == 0
+    out, err = capsys.readouterr()
+    assert out == fake.fake_greedy_text("via gateway", 3) + "\n"
+    assert "finish=length" in err
+
+
+def test_refused_keys_exit_with_the_auth_code(gateway, capsys):
+    code = main(["generate", "a", "--endpoint", gateway.address, "--api-key", "mm1_unknown-key-000000"])
+    assert code == common.EXIT_AUTH
+    assert "UNAUTHENTICATED: unknown API key" in capsys.readouterr().err
+    revoked = gateway.create_key()
+    gateway.revoke(revoked.info.key_id)
+    assert main(["models", "--endpoint", gateway.address, "--api-key", revoked.key]) == common.EXIT_AUTH
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
