@@ -16,6 +16,9 @@ class FinishReason(str, enum.Enum):
     CANCELLED = "cancelled"
     ERROR = "error"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 _FINISH_REASONS: dict[int, FinishReason] = {
     pb.FINISH_REASON_STOP: FinishReason.STOP,
