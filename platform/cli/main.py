@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("minimax_m1.cli.generate", "generate text through a gateway (--stream, --json)"),
     "count-tokens": ("minimax_m1.cli.count_tokens", "count the tokens of an input on a gateway"),
     "models": ("minimax_m1.cli.models", "list the models a gateway serves"),
+    "deploy": ("minimax_m1.cli.deploy", "install or upgrade the Helm chart on a cluster"),
+    "status": ("minimax_m1.cli.status", "show a release's RayService, Ray pods and gateway"),
+    "scale": ("minimax_m1.cli.scale", "scale the gateway and the number of model instances"),
     "keys": ("minimax_m1.cli.keys", "create, list and revoke the gateway's API keys"),
     "usage": ("minimax_m1.cli.usage", "billed usage per tenant and model from the gateway's ledger"),
 }
