@@ -80,7 +80,7 @@ def test_generate_stream_prints_tokens_as_they_come(fake_model, server):
     env = {**os.environ, "MINIMAX_M1_ENDPOINT": server.address, "PYTHONUNBUFFERED": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "minimax_m1.cli.main", "generate", "one two", "--stream",
-         "--max-output-tokens", "20"],
+         "--max-output-tokens", "8"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     try:
@@ -92,8 +92,8 @@ def test_generate_stream_prints_tokens_as_they_come(fake_model, server):
         proc.kill()
         proc.wait()
     assert first == b" one"
-    assert still_running  # printed before the 20-token stream was over
-    assert (first + rest).decode() == fake.fake_greedy_text("one two", 20) + "\n"
+    assert still_running  # printed before the 8-token stream was over
+    assert (first + rest).decode() == fake.fake_greedy_text("one two", 8) + "\n"
 
 
 def test_count_tokens_and_models(server, capsys):

@@ -282,15 +282,15 @@ async def test_stream_retries_before_its_first_chunk(shedding):
 
 
 async def test_per_call_deadline(fake_model, upstream):
-    fake_model.token_delay_s = 0.2
+    fake_model.token_delay_s = 0.1
     async with AsyncClient(upstream.address) as client:
         with pytest.raises(DeadlineExceededError):
-            await client.generate("a", max_output_tokens=50, timeout=0.5)
+            await client.generate("a", max_output_tokens=100, timeout=0.5)
         got = []
         with pytest.raises(DeadlineExceededError):
-            async for chunk in client.stream("a", max_output_tokens=50, timeout=0.7):
+            async for chunk in client.stream("a", max_output_tokens=100, timeout=1.5):
                 got.append(chunk)
-        assert 1 <= len(got) < 50  # the deadline struck mid-stream
+        assert 1 <= len(got) < 100  # the deadline struck mid-stream
         assert (await client.generate("a", max_output_tokens=1, timeout=30)).usage.output_tokens == 1
 
 
