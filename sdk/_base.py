@@ -77,7 +77,17 @@ def _host(address: str) -> str:
 
 
 class BaseClient:
-    """Settings and policy shared by the sync and async clients."""
+    """Settings and policy shared by the sync and async clients.
+
+    endpoint: "host:port" or with a scheme (grpc://, grpcs://, https://); default from
+        MINIMAX_M1_ENDPOINT, else localhost:50051. Loopback hosts without a scheme use plaintext,
+        all others TLS; `tls` overrides, `root_certificates` (PEM bytes) trusts a private CA.
+    api_key: sent as `authorization: Bearer <key>`; default from MINIMAX_M1_API_KEY.
+    timeout: seconds for each call, retries included (None: no deadline); default 600.
+    max_retries: retries on UNAVAILABLE / RESOURCE_EXHAUSTED; default 2.
+    auto_request_id: give every generate call a fresh request id, which makes it retryable.
+    model: default model name; empty means the endpoint's default.
+    """
 
     def __init__(
         self,
@@ -112,6 +122,11 @@ class BaseClient:
         self._metadata: tuple[tuple[str, str], ...] = (
             ((C.AUTHORIZATION_METADATA_KEY, f"Bearer {self.api_key}"),) if self.api_key else ()
         )
+        self._open()
+
+    def _open(self) -> None:
+        """Open the channel (the twins differ in its flavour and in when they open it)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         tls = "tls" if self.target.tls else "plaintext"

@@ -127,20 +127,12 @@ class AsyncStream:
 
 
 class Client(BaseClient):
-    """Blocking client for the Generation service.
+    """Blocking client for the Generation service; the arguments are BaseClient's.
 
-    endpoint: "host:port" or with a scheme (grpc://, grpcs://, https://); default from
-        MINIMAX_M1_ENDPOINT, else localhost:50051. Loopback hosts without a scheme use plaintext,
-        all others TLS; `tls` overrides, `root_certificates` (PEM bytes) sets a custom CA.
-    api_key: sent as `authorization: Bearer <key>`; default from MINIMAX_M1_API_KEY.
-    timeout: seconds for each call, retries included (None: no deadline); default 600.
-    max_retries: retries on UNAVAILABLE / RESOURCE_EXHAUSTED; default 2.
-    auto_request_id: give every generate call a fresh request id, which makes it retryable.
-    model: default model name; empty means the endpoint's default.
+    Thread-safe: one client (one channel) can serve many threads.
     """
 
-    def __init__(self, endpoint: str | None = None, api_key: str | None = None, **kwargs) -> None:
-        super().__init__(endpoint, api_key, **kwargs)
+    def _open(self) -> None:
         credentials = self._channel_credentials()
         options = self._channel_options()
         if credentials is None:
@@ -292,8 +284,7 @@ class Client(BaseClient):
 class AsyncClient(BaseClient):
     """The asyncio twin of `Client`: same arguments, awaitable methods, `AsyncStream` streams."""
 
-    def __init__(self, endpoint: str | None = None, api_key: str | None = None, **kwargs) -> None:
-        super().__init__(endpoint, api_key, **kwargs)
+    def _open(self) -> None:
         self._channel: grpc.aio.Channel | None = None
         self._stub_instance: GenerationStub | None = None
 
