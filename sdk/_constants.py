@@ -7,7 +7,8 @@ VERSION = "0.1.0"
 API_KEY_ENV = "MINIMAX_M1_API_KEY"
 ENDPOINT_ENV = "MINIMAX_M1_ENDPOINT"
 
-DEFAULT_ENDPOINT = "localhost:50051"
+# The gateway's default listen address (python -m minimax_m1.gateway).
+DEFAULT_ENDPOINT = "localhost:8443"
 
 # Seconds for one call, all of its retries included. None means no deadline.
 DEFAULT_TIMEOUT: float | None = 600.0

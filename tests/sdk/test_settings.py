@@ -53,7 +53,7 @@ def test_no_key_sends_no_authorization(recording, monkeypatch):
 def test_default_endpoint(monkeypatch):
     monkeypatch.delenv("MINIMAX_M1_ENDPOINT", raising=False)
     client = Client()
-    assert (client.target.address, client.target.tls) == ("localhost:50051", False)
+    assert (client.target.address, client.target.tls) == ("localhost:8443", False)
     client.close()
 
 
