@@ -104,6 +104,8 @@ class BaseClient:
         # Constructor arguments win over the environment; these two reads are the only ones.
         endpoint = endpoint or os.environ.get(C.ENDPOINT_ENV) or C.DEFAULT_ENDPOINT
         self.api_key = api_key if api_key is not None else os.environ.get(C.API_KEY_ENV)
+        if self.api_key and (not self.api_key.isprintable() or " " in self.api_key):
+            raise ValueError("api_key must be printable characters without spaces")
         if root_certificates is not None and tls is None:
             tls = True
         self.target = resolve_target(endpoint, tls)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from minimax_m1._constants import DEFAULT_MAX_OUTPUT_TOKENS
@@ -72,16 +73,21 @@ def run(args: argparse.Namespace) -> int:
         request_id=args.request_id,
         model=args.model,
     )
-    with make_client(args) as client, sdk_errors():
-        if args.stream:
-            _stream(client, prompt, params, as_json=args.json)
-        else:
-            result = client.generate(prompt, **params)
-            if args.json:
-                print(json.dumps(_jsonable(result)))
+    try:
+        with make_client(args) as client, sdk_errors():
+            if args.stream:
+                _stream(client, prompt, params, as_json=args.json)
             else:
-                print(result.text)
-                _summary(result.finish_reason, result.usage, result.request_id)
+                result = client.generate(prompt, **params)
+                if args.json:
+                    print(json.dumps(_jsonable(result)))
+                else:
+                    print(result.text)
+                    _summary(result.finish_reason, result.usage, result.request_id)
+    except BrokenPipeError:
+        # The reader went away (`| head`): leaving the `with` cancelled the stream; stop quietly
+        # like other Unix tools, and keep Python from complaining when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 

@@ -96,6 +96,25 @@ def test_generate_stream_prints_tokens_as_they_come(fake_model, server):
     assert (first + rest).decode() == fake.fake_greedy_text("one two", 8) + "\n"
 
 
+def test_generate_stream_stops_quietly_when_the_reader_goes_away(fake_model, server):
+    fake_model.token_delay_s = 0.05
+    env = {**os.environ, "MINIMAX_M1_ENDPOINT": server.address}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minimax_m1.cli.main", "generate", "a b", "--stream",
+         "--max-output-tokens", "1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.read(2) == b" a"
+        proc.stdout.close()  # like `| head -c 2`
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_count_tokens_and_models(server, capsys):
     assert main(["count-tokens", "one two three", "--endpoint", server.address]) == 0
     assert capsys.readouterr().out == "3\n"

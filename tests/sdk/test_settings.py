@@ -83,7 +83,13 @@ def test_bad_endpoints_are_rejected(endpoint):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"), [({"timeout": 0}, "timeout"), ({"max_retries": -1}, "max_retries")]
+    ("kwargs", "field"),
+    [
+        ({"timeout": 0}, "timeout"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"api_key": "two\nlines"}, "api_key"),
+        ({"api_key": "has space"}, "api_key"),
+    ],
 )
 def test_bad_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
