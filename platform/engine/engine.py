@@ -94,21 +94,16 @@ class EngineStats:
     dead: bool
 
 
-def make_instance(model_path: str, cache_shape: CacheShape, plan: Mapping[str, Any] | None = None,
-                  use_ray: bool = False, **kwargs: Any) -> ModelInstance:
-    """Choose the ModelInstance by plan: tp = ep = 1 without Ray runs in this process; anything
-    else imports the Ray-sharded instance (only then, so unit tests need neither Ray nor it)."""
-    plan = dict(plan or {})
-    tp, ep = int(plan.get("tp", 1)), int(plan.get("ep", 1))
-    if tp == ep == 1 and not use_ray:
+def make_instance(model_path: str, cache_shape: CacheShape, plan=None, **kwargs: Any) -> ModelInstance:
+    """Choose the ModelInstance by plan: no plan (tp = ep = 1, no Ray) runs in this process; a
+    ShardPlan imports the Ray-sharded instance (only then, so unit tests need neither Ray nor it)."""
+    if plan is None:
         from minimax_m1.engine.instance import InProcessModelInstance
 
         return InProcessModelInstance.from_pretrained(model_path, cache_shape, **kwargs)
     from minimax_m1.engine.sharded import RayModelInstance
-    from minimax_m1.model_shards.shard_plan import ShardPlan
 
-    shard_plan = ShardPlan.from_mapping(plan) if hasattr(ShardPlan, "from_mapping") else ShardPlan(**plan)
-    return RayModelInstance(model_path, shard_plan, cache_shape, **kwargs)
+    return RayModelInstance(model_path, plan, cache_shape, **kwargs)
 
 
 class LLMEngine:
