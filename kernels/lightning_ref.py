@@ -20,6 +20,39 @@ def lightning_prefill_ref(
     block_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked prefill of packed sequences. Returns (out [N, H, D], final states [S, H, D, D] fp32)."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    if len(set(lengths)) == 1 and lengths[0] > 0:  # equal lengths (training batches): all sequences at once, same math
+        return _prefill_equal_lengths(q, k, v, slope, lengths[0], initial_states, block_size)
+    return _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block_size)
+
+
+def _prefill_equal_lengths(q, k, v, slope, length: int, initial_states, block_size: int):
+    """lightning_prefill_ref for S sequences of `length` tokens each, vectorised over S."""
+    n, h, d = q.shape
+    num_seqs = n // length
+    out = torch.empty_like(q)
+    rows = out.view(num_seqs, length, h, d)  # [S, L, H, D]
+    s = slope.to(torch.float32).view(1, h, 1, 1)  # [1, H, 1, 1]
+    state = (initial_states.to(torch.float32) if initial_states is not None
+             else torch.zeros(num_seqs, h, d, d, dtype=torch.float32, device=q.device))  # [S, H, D, D]
+    for b0 in range(0, length, block_size):
+        b1 = min(b0 + block_size, length)
+        m = b1 - b0
+        qb, kb, vb = (x.view(num_seqs, length, h, d)[:, b0:b1].transpose(1, 2).to(torch.float32) for x in (q, k, v))  # [S, H, m, D]
+        pos = torch.arange(m, device=q.device, dtype=torch.float32)
+        q_decay = torch.exp(-s * (pos + 1).view(1, 1, m, 1))  # [1, H, m, 1]
+        k_decay = torch.exp(-s * (m - 1 - pos).view(1, 1, m, 1))
+        diff = pos.view(m, 1) - pos.view(1, m)  # [m, m]
+        diag = torch.where(diff >= 0, torch.exp(-s * diff.clamp(min=0)), torch.zeros((), device=q.device))  # [1, H, m, m]
+        intra = ((qb @ kb.transpose(-1, -2)) * diag) @ vb  # [S, H, m, D]
+        inter = (qb * q_decay) @ state
+        rows[:, b0:b1] = (intra + inter).transpose(1, 2).to(q.dtype)
+        state = torch.exp(-s * m) * state + (kb * k_decay).transpose(-1, -2) @ vb
+    return out, state
+
+
+def _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block_size: int):
+    """lightning_prefill_ref for any lengths: one sequence and one block at a time."""
     n, h, d = q.shape
     num_seqs = cu_seqlens.numel() - 1
     out = torch.empty_like(q)
@@ -61,16 +94,14 @@ def lightning_decode_ref(
     slot_ids: torch.Tensor,  # [B] int; -1 marks a padding row, which is skipped
 ) -> torch.Tensor:
     """One recurrent step per row: KV = exp(-s) KV + k^T v, o = q KV. Returns out [B, H, D]."""
+    b, h, d = q.shape
+    decay = torch.exp(-slope.to(torch.float32)).view(h, 1, 1)  # [H, 1, 1]
     out = torch.zeros_like(q)
-    live = (slot_ids >= 0).nonzero().flatten()  # [B'] rows with a real slot
-    if live.numel() == 0:
-        return out
-    slots = slot_ids[live]
-    h = q.shape[1]
-    decay = torch.exp(-slope.to(torch.float32)).view(1, h, 1, 1)
-    kf = k[live].to(torch.float32)
-    vf = v[live].to(torch.float32)
-    states = decay * state_pool[slots] + kf.unsqueeze(-1) * vf.unsqueeze(-2)  # [B', H, D, D]
-    state_pool[slots] = states
-    out[live] = torch.einsum("bhd,bhde->bhe", q[live].to(torch.float32), states).to(q.dtype)
+    slots = slot_ids.tolist()
+    for row, slot in enumerate(slots):  # per row on a view of its slot: no gather/scatter copies
+        if slot < 0:
+            continue
+        state = state_pool[slot]  # [H, D, D] view, updated in place
+        state.mul_(decay).baddbmm_(k[row].to(torch.float32).unsqueeze(-1), v[row].to(torch.float32).unsqueeze(-2))
+        out[row] = torch.bmm(q[row].to(torch.float32).unsqueeze(-2), state).squeeze(-2).to(q.dtype)
     return out

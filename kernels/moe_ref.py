@@ -19,23 +19,24 @@ def moe_experts_ref(
 ) -> torch.Tensor:
     """Weighted sum of the experts each token routes to. Returns [T, h] in x's dtype."""
     num_local = w13.shape[0]
-    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    t, k = topk_ids.shape
     local = topk_ids - expert_offset  # [T, K]
     valid = (local >= 0) & (local < num_local)
     flat_ids = torch.where(valid, local, num_local).flatten()  # [T*K], num_local = skip
-    order = torch.argsort(flat_ids, stable=True)
+    order = torch.argsort(flat_ids, stable=True)  # [T*K] entries grouped by expert
     counts = torch.bincount(flat_ids, minlength=num_local + 1).tolist()
-    token_of = order // topk_ids.shape[1]  # [T*K] token index of each sorted entry
-    weight_of = topk_weights.flatten()[order]
+    xs = x.index_select(0, order // k)  # [T*K, h] each entry's token, grouped by expert
+    ys = torch.zeros(t * k, x.shape[1], dtype=torch.float32, device=x.device)  # [T*K, h]
     start = 0
     for e in range(num_local):
         n = counts[e]
-        if n == 0:
-            continue
-        tok = token_of[start : start + n]
-        xe = x[tok]  # [n, h]
-        gate, up = F.linear(xe, w13[e]).chunk(2, dim=-1)  # [n, I] each
-        ye = F.linear(F.silu(gate) * up, w2[e])  # [n, h]
-        out.index_add_(0, tok, ye.to(torch.float32) * weight_of[start : start + n, None].to(torch.float32))
+        if n:
+            gate, up = F.linear(xs[start:start + n], w13[e]).chunk(2, dim=-1)  # [n, I] each
+            ys[start:start + n] = F.linear(F.silu(gate) * up, w2[e])  # [n, h]
         start += n
+    # back to (token, k) order, weight, and sum over k; skipped entries stay zero
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    ys = ys.index_select(0, inverse).view(t, k, -1)  # [T, K, h]
+    out = (ys * topk_weights.to(torch.float32).unsqueeze(-1)).sum(dim=1)  # [T, h]
     return out.to(x.dtype)
