@@ -54,7 +54,11 @@ class InvalidRequestError(MiniMaxM1Error):
 
 
 class ContextWindowExceededError(InvalidRequestError):
-    """OUT_OF_RANGE: input plus output would not fit the context window."""
+    """OUT_OF_RANGE: input plus output would not fit the context window.
+
+    The gateway uses OUT_OF_RANGE for every number outside its allowed range (max_output_tokens
+    above the context, temperature above 2, ...); the message names the field.
+    """
 
 
 class NotFoundError(InvalidRequestError):
