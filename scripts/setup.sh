@@ -35,12 +35,19 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
+# Wheels are kept in a wheelhouse outside the repo, so a fresh clone (CI) installs offline from it
+# instead of downloading torch again.
+wheelhouse="${MINIMAX_M1_WHEELHOUSE:-$HOME/.cache/minimax-m1/wheelhouse}"
 stamp=.venv/.minimax-m1-installed
 want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing the package and its dependencies into .venv (first time: ~3 GB download for torch)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  mkdir -p "$wheelhouse"
+  if ! .venv/bin/python -m pip install -q --no-index --find-links "$wheelhouse" -e ".[dev]" 2>/dev/null; then
+    log "downloading dependencies into $wheelhouse (first time: about 4 GB, mostly torch)"
+    .venv/bin/python -m pip download -q -d "$wheelhouse" --find-links "$wheelhouse" ".[dev]" "setuptools>=68" wheel
+    rm -f "$wheelhouse"/minimax_m1-* "$wheelhouse"/minimax-m1-*
+    .venv/bin/python -m pip install -q --no-index --find-links "$wheelhouse" -e ".[dev]"
+  fi
   echo "$want" > "$stamp"
 fi
 
