@@ -81,8 +81,8 @@ class Ledger:
                "ON CONFLICT (record_id) DO NOTHING RETURNING record_id")
         record_id, attempt = request_id, 1
         while True:
-            rows = await self._db.execute(sql, (record_id, request_id, tenant, key_id, model, reserved_tokens,
-                                                self.instance_id, now, now))
+            (rows,) = await self._db.write([(sql, (record_id, request_id, tenant, key_id, model, reserved_tokens,
+                                                   self.instance_id, now, now))])
             if rows:
                 return record_id
             if attempt == 1:  # a retry with a used request id: continue after the attempts so far
@@ -92,25 +92,27 @@ class Ledger:
             record_id = f"{request_id}#{attempt}"
 
     async def progress(self, record_id: str, input_tokens: int, output_tokens: int, expert_activations: int) -> None:
-        await self._db.execute(
+        await self._db.write([(
             "UPDATE usage_records SET input_tokens = ?, output_tokens = ?, expert_activations = ?, updated_at = ? "
             "WHERE record_id = ? AND is_open = 1",
-            (input_tokens, output_tokens, expert_activations, time.time(), record_id))
+            (input_tokens, output_tokens, expert_activations, time.time(), record_id))])
 
     async def close(self, record_id: str, status: str, input_tokens: int, output_tokens: int,
                     expert_activations: int, compute_ms: float) -> bool:
         """Close an open record and queue it for every hook; False if it was already closed."""
         now = time.time()
-        async with self._db.transaction() as tx:
-            rows = await tx.execute(
-                "UPDATE usage_records SET input_tokens = ?, output_tokens = ?, expert_activations = ?, compute_ms = ?, "
-                "status = ?, is_open = 0, updated_at = ?, ended_at = ? WHERE record_id = ? AND is_open = 1 "
-                "RETURNING record_id",
-                (input_tokens, output_tokens, expert_activations, compute_ms, status, now, now, record_id))
-            if rows and self.hooks:
-                await tx.executemany(
-                    "INSERT INTO billing_outbox (record_id, hook, next_attempt_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (record_id, hook) DO NOTHING", [(record_id, h, now) for h in self.hooks])
+        # One atomic write: close the record, then queue it per hook. The outbox rows are guarded
+        # by the record being closed and unique per (record, hook), so a repeated close adds none.
+        statements = [(
+            "UPDATE usage_records SET input_tokens = ?, output_tokens = ?, expert_activations = ?, compute_ms = ?, "
+            "status = ?, is_open = 0, updated_at = ?, ended_at = ? WHERE record_id = ? AND is_open = 1 "
+            "RETURNING record_id",
+            (input_tokens, output_tokens, expert_activations, compute_ms, status, now, now, record_id))]
+        statements += [(
+            "INSERT INTO billing_outbox (record_id, hook, next_attempt_at) SELECT ?, ?, ? WHERE EXISTS "
+            "(SELECT 1 FROM usage_records WHERE record_id = ? AND is_open = 0) ON CONFLICT (record_id, hook) DO NOTHING",
+            (record_id, hook, now, record_id)) for hook in self.hooks]
+        rows = (await self._db.write(statements))[0]
         return bool(rows)
 
     async def recover(self, stale_after_s: float) -> list[str]:

@@ -19,8 +19,10 @@ store runs one Lua script.
 from __future__ import annotations
 
 import abc
+import asyncio
 import calendar
 import datetime as dt
+import functools
 import pathlib
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,17 @@ class Refusal:
 
 def period_bounds(period: str, now: float) -> tuple[str, float]:
     """(key, end time) of the billing period that contains `now` (UTC)."""
+    # Every period starts on a UTC hour, so the answer is the same for a whole hour: memoised.
+    key, _, end = _period_of_hour(period, int(now // 3600))
+    return key, end
+
+
+@functools.lru_cache(maxsize=64)
+def _period_of_hour(period: str, hour: int) -> tuple[str, float, float]:
+    return _compute_period(period, hour * 3600.0)
+
+
+def _compute_period(period: str, now: float) -> tuple[str, float, float]:
     t = dt.datetime.fromtimestamp(now, dt.timezone.utc)
     if period == "hour":
         start = t.replace(minute=0, second=0, microsecond=0)
@@ -61,13 +74,11 @@ def period_bounds(period: str, now: float) -> tuple[str, float]:
     else:
         start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         end = start + dt.timedelta(days=calendar.monthrange(t.year, t.month)[1])
-    return f"{period}:{start.strftime('%Y%m%dT%H')}", end.timestamp()
+    return f"{period}:{start.strftime('%Y%m%dT%H')}", start.timestamp(), end.timestamp()
 
 
 def period_start(period: str, now: float) -> float:
-    key, end = period_bounds(period, now)
-    t = dt.datetime.strptime(key.split(":", 1)[1], "%Y%m%dT%H").replace(tzinfo=dt.timezone.utc)
-    return t.timestamp()
+    return _compute_period(period, now)[1]
 
 
 def _refusal(limit: str, limits: QuotaLimits, now: float, window: int, period_end: float) -> Refusal:
@@ -190,11 +201,18 @@ class RedisQuotaStore(QuotaStore):
         window = int(now // WINDOW_S)
         period, period_end = period_bounds(limits.budget_period, now)
         budget_ttl = int(period_end - now) + 86400  # outlives the period, so settle still finds it
-        result: Any = await self._admit(
+        script = asyncio.ensure_future(self._admit(
             keys=self._keys(tenant, window, period),
             args=[repr(now), request_id, repr(now + self.lease_s), reserve, limits.max_concurrent,
                   limits.requests_per_minute, limits.tokens_per_minute, limits.budget_tokens,
-                  2 * WINDOW_S, budget_ttl, int(self.lease_s) + 1])
+                  2 * WINDOW_S, budget_ttl, int(self.lease_s) + 1]))
+        try:
+            result: Any = await asyncio.shield(script)
+        except asyncio.CancelledError:
+            # The caller went away while the script ran: give back what it may have charged.
+            if await script in (b"ok", "ok"):
+                await self.settle(Admission(tenant, request_id, reserve, window, period), 0)
+            raise
         refused = result.decode() if isinstance(result, bytes) else str(result)
         if refused != "ok":
             return _refusal(refused, limits, now, window, period_end)

@@ -41,11 +41,12 @@ _UNARY_PROGRESS_S = 0.5  # unary calls deliver nothing early, so their progress 
 
 @dataclass(slots=True)
 class _Call:
-    """What the gateway knows about one admitted call while it runs."""
+    """What the gateway knows about one call while it runs; `finish` settles whatever was reached."""
 
-    record_id: str
-    admission: Admission
     started: float
+    request_id: str = ""  # as the client knows it (the record id may carry an attempt suffix)
+    admission: Admission | None = None
+    record_id: str | None = None
     status: str = "OK"
     usage: pb.Usage | None = None
     persisted_output: int = -1
@@ -148,7 +149,7 @@ class Gateway:
             return resp.input_tokens
         return validate.estimate_input_tokens(utf8_bytes)
 
-    async def _admit(self, key: KeyInfo, req: pb.GenerateRequest, reserve: int, limits: QuotaLimits) -> _Call:
+    async def _admit(self, call: _Call, key: KeyInfo, req: pb.GenerateRequest, reserve: int, limits: QuotaLimits) -> None:
         for limit in ("tokens_per_minute", "budget_tokens"):
             value = getattr(limits, limit)
             if value and reserve > value:  # no retry can ever fit it
@@ -161,12 +162,10 @@ class Gateway:
             raise GatewayError(Reason.QUOTA,
                                f"tenant {key.tenant!r} is over its {result.limit} quota ({result.value}); "
                                f"retry after {result.retry_after_s:.1f} s", result.retry_after_s)
-        try:
-            record_id = await self.ledger.open(req.request_id, key.tenant, key.key_id, req.model, reserve, now)
-        except BaseException:
-            await self.quotas.settle(result, 0)
-            raise
-        return _Call(record_id, result, time.monotonic())
+        call.admission = result
+        # Durable before anything goes upstream. If the client cancels during this write, the
+        # record still lands (open, nothing produced) and recovery closes it with zero usage.
+        call.record_id = await self.ledger.open(req.request_id, key.tenant, key.key_id, req.model, reserve, now)
 
     async def _record_progress(self, call: _Call, interval_s: float) -> None:
         if call.usage is None or call.usage.output_tokens == call.persisted_output:
@@ -178,36 +177,39 @@ class Gateway:
         await self.ledger.progress(call.record_id, *call.counts())
 
     async def _finish(self, call: _Call) -> None:
-        """Close the record and settle the quota; shielded, so a second cancel cannot lose it."""
-        async def finish() -> None:
-            inp, out, experts = call.counts()
+        """Settle the quota and close the record, for whatever part of the call was reached.
+
+        Runs in the handler's `finally`, also after a client cancel (a task is cancelled once).
+        The memory store settles without awaiting, and a queued SQLite write commits even if
+        its caller is cancelled, so neither can be torn.
+        """
+        inp, out, experts = call.counts()
+        if call.admission is not None:
+            await self.quotas.settle(call.admission, inp + out)
+        if call.record_id is not None:
             await self.ledger.close(call.record_id, call.status, inp, out, experts,
                                     (time.monotonic() - call.started) * 1000.0)
-            for d in self.deliveries:
-                d.notify()
-            await self.quotas.settle(call.admission, inp + out)
 
-        await asyncio.shield(asyncio.get_running_loop().create_task(finish()))
-
-    async def _prepare(self, raw: bytes, context: grpc.aio.ServicerContext) -> tuple[pb.GenerateRequest, KeyInfo, _Call]:
+    async def _prepare(self, call: _Call, raw: bytes, context: grpc.aio.ServicerContext) -> pb.GenerateRequest:
         key = await self.authenticate(context)
         req = validate.parse(pb.GenerateRequest, raw)
         model = await self._model_for(req.model, key)
         req.model = model.id
         limits = self.config.quotas.limits_for(key.tenant)
         size = validate.validate_generate(req, model, limits, self.config.max_input_bytes)
+        call.request_id = req.request_id
         reserve = await self._reserve_input(req, size, self._timeout(context)) + req.max_output_tokens
-        return req, key, await self._admit(key, req, reserve, limits)
+        await self._admit(call, key, req, reserve, limits)
+        return req
 
     async def _upstream_stream(self, req: pb.GenerateRequest, call: _Call,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
         """The upstream stream; records status and usage on `call`; maps upstream errors."""
-        up_req = pb.GenerateRequest()
-        up_req.CopyFrom(req)
-        up_req.request_id = call.record_id  # unique per attempt, like the ledger
-        stream = self._upstream.GenerateStream(up_req, timeout=self._timeout(context), metadata=self._metadata)
+        req.request_id = call.record_id  # unique per attempt, like the ledger
+        stream = self._upstream.GenerateStream(req, timeout=self._timeout(context), metadata=self._metadata)
         try:
-            async for msg in stream:
+            # read() rather than `async for`: the latter costs grpc.aio noticeably more per message.
+            while (msg := await stream.read()) is not grpc.aio.EOF:
                 call.usage = msg.usage
                 yield msg
         except grpc.aio.AioRpcError as exc:
@@ -228,15 +230,17 @@ class Gateway:
     # -- RPC handlers ---------------------------------------------------------------------------
 
     async def generate(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        req, key, call = await self._prepare(raw, context)
+        call = _Call(time.monotonic())
+        call.persisted_at = call.started  # a unary call's first progress write waits an interval
         try:
+            req = await self._prepare(call, raw, context)
             texts: list[str] = []
             last: pb.GenerateStreamResponse | None = None
             async for msg in self._upstream_stream(req, call, context):
                 texts.append(msg.text_delta)
                 last = msg
                 await self._record_progress(call, max(self.config.billing.progress_interval_s, _UNARY_PROGRESS_S))
-            resp = pb.GenerateResponse(request_id=req.request_id, model=req.model, text="".join(texts))
+            resp = pb.GenerateResponse(request_id=call.request_id, model=req.model, text="".join(texts))
             if last is not None:
                 resp.finish_reason = last.finish_reason
                 resp.usage.CopyFrom(last.usage)
@@ -247,12 +251,13 @@ class Gateway:
             await self._finish(call)
 
     async def generate_stream(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
-        req, key, call = await self._prepare(raw, context)
+        call = _Call(time.monotonic())
         try:
+            req = await self._prepare(call, raw, context)
             async for msg in self._upstream_stream(req, call, context):
                 # Billed before the client sees it: a crash never leaves delivered output unbilled.
                 await self._record_progress(call, self.config.billing.progress_interval_s)
-                msg.request_id = req.request_id
+                msg.request_id = call.request_id
                 yield msg
         except GeneratorExit:
             call.status = grpc.StatusCode.CANCELLED.name
