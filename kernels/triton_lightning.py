@@ -17,6 +17,8 @@ decays, so nothing overflows however long the chunk or large the slope.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -37,6 +39,33 @@ from minimax_m1.kernels.triton_common import (
 # Tokens per chunk in the Triton prefill. The result does not depend on it (the math is exact for
 # any chunking); the reference's block_size only fixes the reference's own evaluation order.
 DEFAULT_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile sides and launch shape of one kernel. Chosen so that, for head dim 128 on sm_90, no
+    16-bit kernel spills registers (checked offline with ptxas: tests/kernels/test_kernel_compile.py)."""
+
+    bd: int  # covers the head dim (key side)
+    bv: int  # value columns per program
+    num_warps: int
+    bk: int = 0  # key rows per program, state pass only
+
+
+def state_tiles(d: int) -> Tiles:
+    bd = tile(d)
+    return Tiles(bd=bd, bk=min(bd, 64), bv=min(bd, 32), num_warps=4)
+
+
+def output_tiles(d: int, dtype: torch.dtype) -> Tiles:
+    bd = tile(d)
+    # fp32 IEEE dots run on FMA units and need far more registers per element than 16-bit MMA
+    return Tiles(bd=bd, bv=min(bd, 32 if dtype == torch.float32 else 64), num_warps=8)
+
+
+def decode_tiles(d: int) -> Tiles:
+    bd = tile(d)
+    return Tiles(bd=bd, bv=min(bd, 32), num_warps=4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,25 +305,24 @@ def lightning_prefill_triton(
     state_dtype = torch.float32 if q.dtype == torch.float32 else q.dtype
     chunk_states = torch.empty(num_chunks, h, d, d, dtype=state_dtype, device=device)  # [C, H, D, D]
 
-    bd = tile(d)
     precision = dot_precision(q.dtype)
-    bk, bv = min(bd, 64), min(bd, 32)
+    st = state_tiles(d)
     init = initial_states if initial_states is not None else final_states  # any valid pointer; unread
-    _prefill_state_kernel[(triton.cdiv(d, bk), triton.cdiv(d, bv), num_seqs * h)](
+    _prefill_state_kernel[(triton.cdiv(d, st.bk), triton.cdiv(d, st.bv), num_seqs * h)](
         k, v, slope32, cu_seqlens, chunk_start, init, chunk_states, final_states,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        H=h, D=d, BT=chunk_size, BK=bk, BV=bv,
+        H=h, D=d, BT=chunk_size, BK=st.bk, BV=st.bv,
         HAS_INIT=initial_states is not None, PRECISION=precision, WIDEN=widen(q),
-        num_warps=4, num_stages=2,
+        num_warps=st.num_warps, num_stages=2,
     )
     if num_chunks:
-        bv_out = min(bd, 128)
-        _prefill_output_kernel[(triton.cdiv(d, bv_out), num_chunks, h)](
+        ot = output_tiles(d, q.dtype)
+        _prefill_output_kernel[(triton.cdiv(d, ot.bv), num_chunks, h)](
             q, k, v, out, slope32, cu_seqlens, chunk_start, chunk_seq, chunk_states,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1),
-            H=h, D=d, BT=chunk_size, BD=bd, BV=bv_out, PRECISION=precision, WIDEN=widen(q),
-            num_warps=8 if bd * bv_out > 64 * 64 else 4, num_stages=2,
+            H=h, D=d, BT=chunk_size, BD=ot.bd, BV=ot.bv, PRECISION=precision, WIDEN=widen(q),
+            num_warps=ot.num_warps, num_stages=2,
         )
     return out, final_states
 
@@ -327,13 +355,12 @@ def lightning_decode_triton(
         _check_out(out, q)
     if b == 0:
         return out
-    bd = tile(d)
-    bv = min(bd, 32)
-    _decode_kernel[(b, h, triton.cdiv(d, bv))](
+    dt = decode_tiles(d)
+    _decode_kernel[(b, h, triton.cdiv(d, dt.bv))](
         q, k, v, out, slope32, state_pool, slot_ids.contiguous(), state_pool.shape[0],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), state_pool.stride(0), state_pool.stride(1),
-        D=d, BD=bd, BV=bv, WIDEN=widen(q),
-        num_warps=4,
+        D=d, BD=dt.bd, BV=dt.bv, WIDEN=widen(q),
+        num_warps=dt.num_warps,
     )
     return out

@@ -15,6 +15,8 @@ return at once, so the host never waits for the device.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +31,25 @@ from minimax_m1.kernels.triton_common import (
     mm,
     widen,
 )
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Block and launch shape of both MoE launches. Chosen so that neither kernel spills registers
+    on sm_90 in 16-bit (checked offline with ptxas: tests/kernels/test_kernel_compile.py)."""
+
+    bm: int  # rows (token entries) per block, all of one expert
+    bn: int  # output columns per program
+    bk: int  # reduction step
+    num_warps: int
+    num_stages: int
+
+
+def moe_tiles(num_entries: int, num_experts: int) -> Tiles:
+    if num_entries <= 4 * num_experts * 16:
+        # decode-sized batches spread thinly over the experts: small blocks waste less padding
+        return Tiles(bm=16, bn=64, bk=64, num_warps=8, num_stages=3)
+    return Tiles(bm=64, bn=64, bk=32, num_warps=8, num_stages=4)
 
 
 @triton.jit
@@ -180,28 +201,26 @@ def moe_experts_triton(
         out.zero_()
         return out
 
-    # Decode-sized batches spread thinly over the experts: small blocks waste less padding.
-    block_m = 16 if num_entries <= 4 * num_experts * 16 else 64
-    rows, block_expert = group_by_expert(topk_ids, num_experts, expert_offset, block_m)
+    tiles = moe_tiles(num_entries, num_experts)
+    rows, block_expert = group_by_expert(topk_ids, num_experts, expert_offset, tiles.bm)
     num_blocks = block_expert.numel()
     act = torch.empty(rows.numel(), inter, dtype=x.dtype, device=device)  # [R, I]
     per_entry = torch.zeros(num_entries, hidden, dtype=torch.float32, device=device)  # [T*K, h]
     weights = topk_weights.reshape(-1).to(torch.float32).contiguous()  # [T*K]
     precision = dot_precision(x.dtype)
-    bn, bk = 64, 64
-    _gate_up_kernel[(num_blocks, triton.cdiv(inter, bn))](
+    _gate_up_kernel[(num_blocks, triton.cdiv(inter, tiles.bn))](
         x, w13, act, rows, block_expert,
         num_entries, num_experts, inter, hidden,
         x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        TOPK=topk, BM=block_m, BN=bn, BK=bk, PRECISION=precision, WIDEN=widen(x),
-        num_warps=4, num_stages=3,
+        TOPK=topk, BM=tiles.bm, BN=tiles.bn, BK=tiles.bk, PRECISION=precision, WIDEN=widen(x),
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
-    _down_kernel[(num_blocks, triton.cdiv(hidden, bn))](
+    _down_kernel[(num_blocks, triton.cdiv(hidden, tiles.bn))](
         act, w2, weights, per_entry, rows, block_expert,
         num_entries, num_experts, inter, hidden,
         act.stride(0), w2.stride(0), w2.stride(1), per_entry.stride(0),
-        BM=block_m, BN=bn, BK=bk, PRECISION=precision, WIDEN=widen(x),
-        num_warps=4, num_stages=3,
+        BM=tiles.bm, BN=tiles.bn, BK=tiles.bk, PRECISION=precision, WIDEN=widen(x),
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )
     out.copy_(per_entry.view(num_tokens, topk, hidden).sum(dim=1))  # [T, h], summed in fp32
     return out
