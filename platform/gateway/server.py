@@ -83,6 +83,9 @@ class Gateway:
         self._models: dict[str, pb.ModelInfo] = {}
         self._models_at = -1e18
         self._models_lock = asyncio.Lock()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- the pieces of a call -------------------------------------------------------------------
 
@@ -176,6 +179,19 @@ class Gateway:
         call.persisted_output, call.persisted_at = call.usage.output_tokens, now
         await self.ledger.progress(call.record_id, *call.counts())
 
+    def _begin(self) -> _Call:
+        self._in_flight += 1
+        self._idle.clear()
+        return _Call(time.monotonic())
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every call has closed its record (after the server stopped taking calls)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     async def _finish(self, call: _Call) -> None:
         """Settle the quota and close the record, for whatever part of the call was reached.
 
@@ -183,12 +199,17 @@ class Gateway:
         The memory store settles without awaiting, and a queued SQLite write commits even if
         its caller is cancelled, so neither can be torn.
         """
-        inp, out, experts = call.counts()
-        if call.admission is not None:
-            await self.quotas.settle(call.admission, inp + out)
-        if call.record_id is not None:
-            await self.ledger.close(call.record_id, call.status, inp, out, experts,
-                                    (time.monotonic() - call.started) * 1000.0)
+        try:
+            inp, out, experts = call.counts()
+            if call.admission is not None:
+                await self.quotas.settle(call.admission, inp + out)
+            if call.record_id is not None:
+                await self.ledger.close(call.record_id, call.status, inp, out, experts,
+                                        (time.monotonic() - call.started) * 1000.0)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     async def _prepare(self, call: _Call, raw: bytes, context: grpc.aio.ServicerContext) -> pb.GenerateRequest:
         key = await self.authenticate(context)
@@ -230,7 +251,7 @@ class Gateway:
     # -- RPC handlers ---------------------------------------------------------------------------
 
     async def generate(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        call = _Call(time.monotonic())
+        call = self._begin()
         call.persisted_at = call.started  # a unary call's first progress write waits an interval
         try:
             req = await self._prepare(call, raw, context)
@@ -251,7 +272,7 @@ class Gateway:
             await self._finish(call)
 
     async def generate_stream(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
-        call = _Call(time.monotonic())
+        call = self._begin()
         try:
             req = await self._prepare(call, raw, context)
             async for msg in self._upstream_stream(req, call, context):
@@ -361,6 +382,8 @@ class GatewayHandle:
         self._stopped = True
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if not await self.gateway.wait_idle(10.0):
+            log.warning("calls still closing after stop; their records are recovered on the next start")
         for d in self.gateway.deliveries:
             await d.stop()
         await self.gateway.quotas.close()

@@ -105,6 +105,9 @@ class SqliteBackend:
         return await fut
 
     def _flush(self) -> None:
+        if not self._pending:  # already flushed by close()
+            self._flush_scheduled = False
+            return
         if self._in_tx:  # a transaction() body is between statements; commit after it
             asyncio.get_running_loop().call_soon(self._flush)
             return
@@ -164,6 +167,8 @@ class SqliteBackend:
             self._in_tx = False
 
     async def close(self) -> None:
+        if self._pending:
+            self._flush()
         self._conn.close()
 
 

@@ -187,3 +187,25 @@ kind = "otel_metrics"
     assert (flagged.port, flagged.upstream.target, flagged.quotas.store, flagged.billing.instance_id) == \
         (0, "127.0.0.1:1", "redis", "gw-7")
     assert flagged.upstream.metadata == (("application", "x"),)
+
+
+async def test_graceful_stop_closes_calls_in_flight(make_gateway, fake):
+    import asyncio
+
+    fake.model.behaviour.token_delay_s = 0.02
+    gw = await make_gateway()
+    c = Client(gw.port, (await gw.keys.create("acme")).key)
+    stream = c.stream(input="x", max_output_tokens=1000, request_id="in-flight")
+    await stream.read()
+    stopping = asyncio.ensure_future(gw.stop(0.2))
+    with pytest.raises(grpc.aio.AioRpcError):
+        while await stream.read() is not grpc.aio.EOF:
+            pass
+    await stopping
+    db = await open_database(f"sqlite:///{gw.ledger._db.path}")
+    from minimax_m1.gateway.ledger import Ledger
+
+    record = await Ledger(db, "observer", ()).get("in-flight")
+    assert record.status == "CANCELLED" and 1 <= record.output_tokens < 1000
+    await db.close()
+    await c.close()
