@@ -95,7 +95,10 @@ class KeyStore:
         return bool(rows)
 
     async def lookup(self, key: str) -> KeyInfo | None:
-        rows = await self._db.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (hash_key(key),))
+        return await self.lookup_hash(hash_key(key))
+
+    async def lookup_hash(self, key_hash: str) -> KeyInfo | None:
+        rows = await self._db.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,))
         return _info(rows[0]) if rows else None
 
 

@@ -23,14 +23,15 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import grpc
 
 from minimax_m1._generated import generation_pb2 as pb
+from minimax_m1._generated import generation_pb2_grpc as pb_grpc
 from minimax_m1.gateway.config import GatewayConfig, QuotaLimits
 from minimax_m1.gateway.errors import GatewayError, Reason
 from minimax_m1.gateway.hooks import BillingHook, OutboxDelivery, build_hook
-from minimax_m1.gateway.keys import KeyInfo, KeyStore
+from minimax_m1.gateway.keys import KeyInfo, KeyStore, hash_key
 from minimax_m1.gateway.ledger import Ledger
 from minimax_m1.gateway.quota import Admission, QuotaStore, Refusal, build_store, period_bounds, period_start
-from minimax_m1.gateway.storage import Backend, open_database
 from minimax_m1.gateway import validate
+from minimax_m1.gateway.storage import Backend, open_database
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,9 @@ class _Call:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, db: Backend, keys: KeyStore, ledger: Ledger, quotas: QuotaStore,
+    def __init__(self, config: GatewayConfig, keys: KeyStore, ledger: Ledger, quotas: QuotaStore,
                  deliveries: Sequence[OutboxDelivery]):
         self.config = config
-        self._db = db
         self.keys = keys
         self.ledger = ledger
         self.quotas = quotas
@@ -75,9 +75,7 @@ class Gateway:
             self._channel = grpc.aio.secure_channel(up.target, creds, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(up.target, options=options)
-        from minimax_m1._generated import generation_pb2_grpc
-
-        self._upstream = generation_pb2_grpc.GenerationStub(self._channel)
+        self._upstream = pb_grpc.GenerationStub(self._channel)
         self._metadata = tuple(up.metadata)
         self._auth_cache: dict[str, tuple[KeyInfo | None, float]] = {}
         self._models: dict[str, pb.ModelInfo] = {}
@@ -102,14 +100,15 @@ class Gateway:
         if scheme.lower() != "bearer" or not secret:
             raise GatewayError(Reason.UNAUTHENTICATED, "authorization metadata must be 'Bearer <key>'")
         now = time.monotonic()
-        cached = self._auth_cache.get(secret)
+        digest = hash_key(secret)  # the cache holds no secrets
+        cached = self._auth_cache.get(digest)
         if cached is not None and cached[1] > now:
             info = cached[0]
         else:
-            info = await self.keys.lookup(secret)
+            info = await self.keys.lookup_hash(digest)
             if len(self._auth_cache) >= _AUTH_CACHE_MAX:
                 self._auth_cache.clear()  # bounded: unknown keys cannot grow it without limit
-            self._auth_cache[secret] = (info, now + self.config.auth_cache_s)
+            self._auth_cache[digest] = (info, now + self.config.auth_cache_s)
         if info is None:
             raise GatewayError(Reason.UNAUTHENTICATED, "unknown API key")
         if info.revoked:
@@ -425,7 +424,7 @@ async def start_gateway(config: GatewayConfig, hooks: Sequence[BillingHook] = ()
         d = OutboxDelivery(ledger, hook, poll_s=config.billing.outbox_poll_s, **kw)
         d.start()
         deliveries.append(d)
-    gw = Gateway(config, db, KeyStore(db), ledger, quotas, deliveries)
+    gw = Gateway(config, KeyStore(db), ledger, quotas, deliveries)
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
                                       ("grpc.max_send_message_length", config.max_message_bytes),

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
 
 from minimax_m1.cli.main import main
 from tests.gateway.conftest import Client
