@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config, args.grace))
+    try:
+        asyncio.run(serve(config, args.grace))
+    except (RuntimeError, OSError) as exc:  # e.g. the port is taken, the database is unreachable
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
