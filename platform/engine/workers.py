@@ -224,7 +224,7 @@ class ShardWorker:
         # Every rank creates every group, in the same order.
         self._control = dist.new_group(list(range(plan.world_size)), backend="gloo",
                                        timeout=datetime.timedelta(seconds=self.spec.idle_timeout_s))
-        tp_pg = dist.new_group(plan.attention_ranks)
+        tp_pg = dist.new_group(plan.attention_ranks, timeout=datetime.timedelta(seconds=self.spec.collective_timeout_s))
         tp_rank = self.role.tp_rank if self.role.has_attention else 0
         self.tp_group = TPGroup(tp_rank, plan.tp, tp_pg)
         self.exchange = ExpertExchange(self.spec.rank, plan.world_size, plan.expert_map(self.config.num_local_experts),
