@@ -24,6 +24,11 @@ def interpreted_kernels() -> tuple[ModuleType, ModuleType]:
     return triton_lightning, triton_moe
 
 
+def interpreter_flag() -> str | None:
+    """TRITON_INTERPRET as this process sees it."""
+    return os.environ.get("TRITON_INTERPRET")
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref||, in fp64; 0 for two empty tensors."""
     if ref.numel() == 0:

@@ -1,6 +1,7 @@
 """The dispatch in kernels/ops.py, and the argument checks of the Triton wrappers."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import minimax_m1.kernels as kernels
 from minimax_m1.kernels import ops
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.moe_ref import moe_experts_ref
-from tests.kernels.kernel_checks import interpreted_kernels
+from tests.kernels.kernel_checks import interpreted_kernels, interpreter_flag
 
 
 def test_cpu_tensors_take_the_torch_reference():
@@ -34,6 +35,13 @@ def test_cpu_tensors_take_the_torch_reference():
     ids, weights = torch.randint(0, 4, (5, 2), generator=gen), torch.rand(5, 2, generator=gen)
     w13, w2 = torch.randn(4, 12, 8, generator=gen), torch.randn(4, 8, 6, generator=gen)
     assert torch.equal(kernels.moe_experts(x, ids, weights, w13, w2, 0), moe_experts_ref(x, ids, weights, w13, w2, 0))
+
+
+def test_the_interpreter_flag_stays_in_the_child(interp):
+    if "TRITON_INTERPRET" in os.environ:
+        pytest.skip("TRITON_INTERPRET was set by whoever started pytest")
+    assert interp.run(interpreter_flag) == "1"
+    assert interpreter_flag() is None  # this process, and the processes other tests start, never see it
 
 
 def check_cuda_takes_triton():
