@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-checkpoint": ("minimax_m1.cli.make_checkpoint", "write a tiny random checkpoint with a tokenizer"),
     "local-generate": ("minimax_m1.cli.local_generate", "generate text in this process (no server)"),
     "plan": ("minimax_m1.cli.plan", "check that a tp/ep shard plan fits a model on GPUs of a given memory"),
+    "train-demo": ("minimax_m1.cli.train_demo", "train the demo model on Shakespeare (CPU, about 30 min)"),
     "generate": ("minimax_m1.cli.generate", "generate text through a gateway (--stream, --json)"),
     "count-tokens": ("minimax_m1.cli.count_tokens", "count the tokens of an input on a gateway"),
     "models": ("minimax_m1.cli.models", "list the models a gateway serves"),
