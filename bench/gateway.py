@@ -6,7 +6,8 @@
 The upstream is the tests' fake model (a real Generation gRPC server that answers at once), run in
 its own process; the gateway runs in its own process as `python -m minimax_m1.gateway`, with
 quotas (memory store, every limit set but generous) and billing (SQLite ledger, outbox to the
-OpenTelemetry metrics hook) on. The load generator is this process. All three share the machine's
+OpenTelemetry metrics hook) on; --telemetry also turns on spans and metrics with a Prometheus
+endpoint. The load generator is this process. All three share the machine's
 cores, so the figures are what this machine gives with the client included; the CPU count and load
 are printed with them.
 
@@ -134,15 +135,17 @@ async def ledger_counts(database: str) -> tuple[int, int]:
     return records, pending
 
 
-def start_gateway_process(tmp: pathlib.Path, upstream: str, database: str, metadata: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def start_gateway_process(tmp: pathlib.Path, upstream: str, database: str, metadata: dict[str, str],
+                          telemetry: bool = False) -> tuple[subprocess.Popen, int]:
     config = {"upstream": {"target": upstream, "metadata": metadata},
               "quotas": {"default": GENEROUS},
               "billing": {"database": database, "hooks": [{"kind": "otel_metrics"}]}}
     path = tmp / "gateway.json"
     path.write_text(json.dumps(config))
     port = free_port()
-    proc = spawn(["-m", "minimax_m1.gateway", "--config", str(path), "--port", str(port), "--log-level", "WARNING"],
-                 "gateway listening")
+    extra = ["--metrics-port", str(free_port())] if telemetry else []
+    proc = spawn(["-m", "minimax_m1.gateway", "--config", str(path), "--port", str(port), "--log-level", "WARNING",
+                  *extra], "gateway listening")
     wait_for_port("127.0.0.1", port)
     return proc, port
 
@@ -193,6 +196,8 @@ def main() -> int:
     p.add_argument("--engine-metadata", type=lambda s: tuple(s.split("=", 1)), action="append",
                    default=[("application", "minimax-m1")], help="routing metadata for the engine (KEY=VALUE)")
     p.add_argument("--engine-samples", type=int, default=50)
+    p.add_argument("--telemetry", action="store_true",
+                   help="run the gateway with telemetry on (spans and metrics, Prometheus endpoint)")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = p.parse_args()
 
@@ -203,7 +208,8 @@ def main() -> int:
         upstream = f"127.0.0.1:{upstream_port}"
         database = f"sqlite:///{tmp / 'gateway.sqlite3'}"
         key = asyncio.run(create_key(database))
-        gateway_proc, gateway_port = start_gateway_process(tmp, upstream, database, {"application": "minimax-m1"})
+        gateway_proc, gateway_port = start_gateway_process(tmp, upstream, database, {"application": "minimax-m1"},
+                                                           args.telemetry)
         try:
             r = asyncio.run(measure(args, upstream, gateway_port, key, gateway_proc.pid))
             time.sleep(1.0)  # let the outbox catch up before counting
@@ -223,7 +229,8 @@ def main() -> int:
         print(f"  added    p50 {r['added_p50_ms']:.3f} ms  p99 {r['added_p99_ms']:.3f} ms  "
               f"(ratio gateway/direct p50 {r['gateway_p50_ms'] / r['direct_p50_ms']:.2f}x; target: < 2 ms added at p50"
               f" -> {'met' if r['added_p50_ms'] < 2 else 'NOT met'})")
-        print(f"throughput, {args.concurrency} callers for {args.duration:.0f} s, quotas and billing on:")
+        print(f"throughput, {args.concurrency} callers for {args.duration:.0f} s, quotas and billing on"
+              f"{', telemetry on' if args.telemetry else ''}:")
         print(f"  direct   {r['direct_rps']:.0f} req/s")
         print(f"  gateway  {r['gateway_rps']:.0f} req/s  errors {r['gateway_errors']}  "
               f"(ratio gateway/direct {r['gateway_rps'] / r['direct_rps']:.2f}; target: >= 1000 req/s -> "

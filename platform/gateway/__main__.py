@@ -2,6 +2,8 @@
 
 Flags override the file; without a file the embedded defaults apply (memory quotas, SQLite ledger
 under the data dir). SIGTERM and SIGINT stop it gracefully (in-flight calls get --grace seconds).
+A key in $MINIMAX_M1_API_KEY is registered for tenant "local" (a bootstrap key). Telemetry (OTLP
+from the OTEL_* variables, Prometheus on --metrics-port) is set up when minimax_m1.telemetry exists.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import logging
 import signal
 import sys
 
-from minimax_m1.gateway.config import GatewayConfig, HookConfig, load_config
+from minimax_m1.gateway.config import GatewayConfig, HookConfig, env_api_key, env_log_level, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook", action="append", default=[], metavar="URL", help="add a billing webhook (repeatable)")
     p.add_argument("--instance-id", help="this replica's name in the ledger (stable across restarts)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--metrics-port", type=int, help="Prometheus scrape port (default: $MINIMAX_M1_METRICS_PORT; none)")
+    p.add_argument("--log-level", default=None, help="default: $MINIMAX_M1_LOG_LEVEL or INFO")
     return p
 
 
@@ -66,10 +69,28 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     return config.replace(**changes)
 
 
+def setup_process_telemetry(metrics_port: int | None):
+    """The process's telemetry, or None when the telemetry package is not installed."""
+    try:
+        from minimax_m1.telemetry.config import TelemetryConfig
+        from minimax_m1.telemetry.setup import setup_telemetry
+    except ImportError:
+        if metrics_port is not None:
+            raise ValueError("--metrics-port: the minimax_m1.telemetry package is not available") from None
+        return None
+    overrides = {} if metrics_port is None else {"prometheus_port": metrics_port}
+    config = TelemetryConfig.from_env("gateway", **overrides)
+    if not config.otlp_endpoint and config.prometheus_port is None:
+        return None  # nothing would be exported: stay on the no-op telemetry, which costs nothing
+    return setup_telemetry(config)
+
+
 async def serve(config: GatewayConfig, grace: float) -> None:
+    from minimax_m1.gateway.keys import ensure_local_key
     from minimax_m1.gateway.server import start_gateway
 
     handle = await start_gateway(config)
+    await ensure_local_key(handle.keys, env_api_key())  # registers $MINIMAX_M1_API_KEY only; never prints
     print(f"gateway listening on {config.host}:{handle.port} -> upstream {config.upstream.target}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,17 +102,22 @@ async def serve(config: GatewayConfig, grace: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=(args.log_level or env_log_level()).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
+        telemetry = setup_process_telemetry(args.metrics_port)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         asyncio.run(serve(config, args.grace))
-    except (RuntimeError, OSError) as exc:  # e.g. the port is taken, the database is unreachable
+    except (RuntimeError, OSError, ValueError) as exc:  # the port is taken, the database unreachable, ...
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 ENV_DATA_DIR = "MINIMAX_M1_DATA_DIR"
 ENV_API_KEY = "MINIMAX_M1_API_KEY"
 ENV_DATABASE = "MINIMAX_M1_GATEWAY_DATABASE"
+ENV_LOG_LEVEL = "MINIMAX_M1_LOG_LEVEL"
 
 BUDGET_PERIODS = ("hour", "day", "month")
 TOKEN_ESTIMATES = ("utf8_bytes", "count_tokens")
@@ -46,6 +47,10 @@ def env_api_key() -> str | None:
 
 def env_database_url() -> str | None:
     return os.environ.get(ENV_DATABASE) or None
+
+
+def env_log_level() -> str:
+    return os.environ.get(ENV_LOG_LEVEL) or "INFO"
 
 
 def default_database_url(data_dir: str | os.PathLike[str] | None = None) -> str:

@@ -2,11 +2,16 @@
 
 Stable interface:
 
-    handle = await start_gateway(config, hooks=(), meter_provider=None)
+    handle = await start_gateway(config, hooks=(), meter_provider=None, telemetry=None)
     handle.port                    # the bound port (config.port may be 0)
     handle.keys / handle.ledger    # the KeyStore and Ledger on the gateway's database
     await handle.stop(grace)       # stop accepting, let calls finish for `grace` s, close records
     await handle.wait()            # until stopped
+
+Telemetry (spans per RPC with the trace context sent upstream, request/token/quota-rejection
+metrics, outbox lag) comes from `minimax_m1.telemetry.gateway` when that package is present: the
+process's telemetry (set it up before starting the gateway) unless `telemetry=` passes a
+GatewayTelemetry; with no telemetry set up the gateway skips all of it.
 
 Each call is billed from the upstream's usage. Unary Generate is forwarded as an upstream
 GenerateStream and assembled here: the stream's cumulative usage tells what was produced even when
@@ -46,6 +51,7 @@ class _Call:
 
     started: float
     request_id: str = ""  # as the client knows it (the record id may carry an attempt suffix)
+    tenant: str = ""
     admission: Admission | None = None
     record_id: str | None = None
     status: str = "OK"
@@ -60,8 +66,9 @@ class _Call:
 
 class Gateway:
     def __init__(self, config: GatewayConfig, keys: KeyStore, ledger: Ledger, quotas: QuotaStore,
-                 deliveries: Sequence[OutboxDelivery]):
+                 deliveries: Sequence[OutboxDelivery], telemetry: Any = None):
         self.config = config
+        self.telemetry = telemetry
         self.keys = keys
         self.ledger = ledger
         self.quotas = quotas
@@ -161,6 +168,8 @@ class Gateway:
         now = time.time()
         result = await self.quotas.admit(key.tenant, req.request_id, reserve, limits, now)
         if isinstance(result, Refusal):
+            if self.telemetry is not None:
+                self.telemetry.quota_rejected(key.tenant, result.limit)
             raise GatewayError(Reason.QUOTA,
                                f"tenant {key.tenant!r} is over its {result.limit} quota ({result.value}); "
                                f"retry after {result.retry_after_s:.1f} s", result.retry_after_s)
@@ -205,6 +214,8 @@ class Gateway:
             if call.record_id is not None:
                 await self.ledger.close(call.record_id, call.status, inp, out, experts,
                                         (time.monotonic() - call.started) * 1000.0)
+                if self.telemetry is not None:
+                    self.telemetry.call_finished(call.tenant, call.status, inp, out)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -217,7 +228,7 @@ class Gateway:
         req.model = model.id
         limits = self.config.quotas.limits_for(key.tenant)
         size = validate.validate_generate(req, model, limits, self.config.max_input_bytes)
-        call.request_id = req.request_id
+        call.request_id, call.tenant = req.request_id, key.tenant
         reserve = await self._reserve_input(req, size, self._timeout(context)) + req.max_output_tokens
         await self._admit(call, key, req, reserve, limits)
         return req
@@ -226,7 +237,8 @@ class Gateway:
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
         """The upstream stream; records status and usage on `call`; maps upstream errors."""
         req.request_id = call.record_id  # unique per attempt, like the ledger
-        stream = self._upstream.GenerateStream(req, timeout=self._timeout(context), metadata=self._metadata)
+        metadata = self.telemetry.outgoing(self._metadata) if self.telemetry is not None else self._metadata
+        stream = self._upstream.GenerateStream(req, timeout=self._timeout(context), metadata=metadata)
         try:
             # read() rather than `async for`: the latter costs grpc.aio noticeably more per message.
             while (msg := await stream.read()) is not grpc.aio.EOF:
@@ -362,8 +374,10 @@ def _server_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
 
 
 class GatewayHandle:
-    def __init__(self, server: grpc.aio.Server, port: int, gateway: Gateway, health: Any, db: Backend):
+    def __init__(self, server: grpc.aio.Server, port: int, gateway: Gateway, health: Any, db: Backend,
+                 outbox_probe: Any = None):
         self._server = server
+        self._outbox_probe = outbox_probe
         self.port = port
         self.gateway = gateway
         self.keys = gateway.keys
@@ -383,6 +397,8 @@ class GatewayHandle:
         await self._server.stop(grace)
         if not await self.gateway.wait_idle(10.0):
             log.warning("calls still closing after stop; their records are recovered on the next start")
+        if self._outbox_probe is not None:
+            await self._outbox_probe.stop()
         for d in self.gateway.deliveries:
             await d.stop()
         await self.gateway.quotas.close()
@@ -403,7 +419,16 @@ async def _seed_budgets(config: GatewayConfig, ledger: Ledger, quotas: QuotaStor
                 await quotas.seed_budget(tenant, period_bounds(period, now)[0], used)
 
 
-async def start_gateway(config: GatewayConfig, hooks: Sequence[BillingHook] = (), meter_provider: Any = None) -> GatewayHandle:
+def _default_telemetry() -> Any:
+    try:  # the telemetry package is optional: without it the gateway emits no spans or metrics
+        from minimax_m1.telemetry.gateway import gateway_telemetry
+    except ImportError:
+        return None
+    return gateway_telemetry()
+
+
+async def start_gateway(config: GatewayConfig, hooks: Sequence[BillingHook] = (), meter_provider: Any = None,
+                        telemetry: Any = None) -> GatewayHandle:
     """Open the database, recover open records, start hooks and serve on config.host:config.port."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -424,9 +449,12 @@ async def start_gateway(config: GatewayConfig, hooks: Sequence[BillingHook] = ()
         d = OutboxDelivery(ledger, hook, poll_s=config.billing.outbox_poll_s, **kw)
         d.start()
         deliveries.append(d)
-    gw = Gateway(config, KeyStore(db), ledger, quotas, deliveries)
+    tel = telemetry if telemetry is not None else _default_telemetry()
+    if tel is not None and not tel.enabled:
+        tel = None  # the no-op telemetry: skip the interceptor and hooks entirely (set telemetry up first)
+    gw = Gateway(config, KeyStore(db), ledger, quotas, deliveries, tel)
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
+    server = grpc.aio.server(interceptors=[tel.server_interceptor()] if tel is not None else None, options=[("grpc.max_receive_message_length", config.max_message_bytes),
                                       ("grpc.max_send_message_length", config.max_message_bytes),
                                       ("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((_generic_handler(gw),))
@@ -440,4 +468,5 @@ async def start_gateway(config: GatewayConfig, hooks: Sequence[BillingHook] = ()
     await server.start()
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return GatewayHandle(server, port, gw, health_servicer, db)
+    probe = tel.start_outbox_probe(db, ledger.hooks) if tel is not None else None
+    return GatewayHandle(server, port, gw, health_servicer, db, probe)

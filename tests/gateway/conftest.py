@@ -33,10 +33,10 @@ async def make_gateway(fake, tmp_path):
     """Factory: start a gateway in front of `fake` (SQLite ledger in tmp_path unless given)."""
     handles = []
 
-    async def make(limits: QuotaLimits | None = None, hooks=(), **changes):
+    async def make(limits: QuotaLimits | None = None, hooks=(), telemetry=None, **changes):
         database = changes.pop("database", f"sqlite:///{tmp_path / 'gateway.sqlite3'}")
         config = gateway_config(fake.target, database, limits, **changes)
-        handle = await start_gateway(config, hooks=hooks)
+        handle = await start_gateway(config, hooks=hooks, telemetry=telemetry)
         handles.append(handle)
         return handle
 
@@ -82,3 +82,21 @@ async def client(gateway, api_key):
 
 def replace(obj, **changes):
     return dataclasses.replace(obj, **changes)
+
+
+@pytest.fixture
+def fake_process_upstream():
+    """The fake model in its own process (for tests that run the gateway as a blocking subprocess)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+    from tests.services import free_port, wait_for_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.gateway.fake_model", "--port", str(port)], cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port, proc=proc)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(30)

@@ -209,3 +209,60 @@ async def test_graceful_stop_closes_calls_in_flight(make_gateway, fake):
     assert record.status == "CANCELLED" and 1 <= record.output_tokens < 1000
     await db.close()
     await c.close()
+
+
+async def test_telemetry_spans_reach_upstream_and_quota_rejections_are_counted(make_gateway, fake):
+    pytest.importorskip("minimax_m1.telemetry.gateway", reason="the telemetry package is not in this tree")
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from minimax_m1.telemetry.config import TelemetryConfig
+    from minimax_m1.telemetry.gateway import gateway_telemetry
+    from minimax_m1.telemetry.setup import setup_telemetry
+
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tel = setup_telemetry(TelemetryConfig(service="gateway"), span_exporters=[spans], metric_readers=[reader],
+                          simple_spans=True, install_as_current=False)
+    gw = await make_gateway(QuotaLimits(requests_per_minute=1), telemetry=gateway_telemetry(tel))
+    c = Client(gw.port, (await gw.keys.create("acme")).key)
+    await c.generate(input="x", max_output_tokens=1)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await c.generate(input="x", max_output_tokens=1)
+    assert "traceparent" in fake.model.observed.metadata[-1]
+    assert {s.name for s in spans.get_finished_spans()} == {"minimax.m1.v1.Generation/Generate"}
+    points = {m.name: m.data.data_points for rm in reader.get_metrics_data().resource_metrics
+              for sm in rm.scope_metrics for m in sm.metrics}
+    (rejected,) = points["minimax_m1.gateway.quota.rejections"]
+    assert rejected.value == 1 and dict(rejected.attributes) == {"tenant": "acme", "limit": "requests_per_minute"}
+    await c.close()
+    tel.shutdown()
+
+
+def test_process_serves_prometheus_metrics_and_registers_the_env_key(fake_process_upstream, tmp_path):
+    pytest.importorskip("minimax_m1.telemetry.setup", reason="the telemetry package is not in this tree")
+    import os
+    import sys
+    import urllib.request
+
+    from tests.conftest import REPO_ROOT
+    from tests.services import free_port, wait_for_port
+
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "MINIMAX_M1_API_KEY": "bootstrap-key-0123456789", "MINIMAX_M1_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "minimax_m1.gateway", "--port", str(port), "--upstream",
+                             fake_process_upstream, "--database", f"sqlite:///{tmp_path / 'g.sqlite3'}",
+                             "--metrics-port", str(metrics_port)], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert b"gateway listening" in proc.stdout.readline()
+        wait_for_port("127.0.0.1", metrics_port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            resp = pb_grpc.GenerationStub(ch).Generate(pb.GenerateRequest(input="x", max_output_tokens=2),
+                                                       metadata=(("authorization", "Bearer bootstrap-key-0123456789"),),
+                                                       timeout=10)
+        assert resp.usage.output_tokens == 2
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert "minimax_m1_gateway_requests_total" in text
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
