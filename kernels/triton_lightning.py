@@ -78,9 +78,9 @@ def _prefill_state_kernel(
     H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_INIT: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
 ):
-    pid_k = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    pid_sh = tl.program_id(2)
+    pid_sh = tl.program_id(0)  # unbounded counts go on axis 0: CUDA caps axes 1 and 2 at 65535
+    pid_k = tl.program_id(1)
+    pid_v = tl.program_id(2)
     seq = pid_sh // H
     head = pid_sh % H
     start = tl.load(cu_ptr + seq).to(tl.int64)
@@ -94,19 +94,19 @@ def _prefill_state_kernel(
     rt = tl.arange(0, BT)  # [BT] token within a chunk
     mk = rk < D
     mv = rv < D
-    tile = rk[:, None] * D + rv[None, :]  # [BK, BV] offsets inside one [D, D] state
-    tile_mask = mk[:, None] & mv[None, :]
+    state_offs = rk[:, None] * D + rv[None, :]  # [BK, BV] offsets inside one [D, D] state
+    state_mask = mk[:, None] & mv[None, :]
     head_state = (seq * H + head).to(tl.int64) * D * D
 
     if HAS_INIT:
-        state = tl.load(init_ptr + head_state + tile, mask=tile_mask, other=0.0)  # [BK, BV] fp32
+        state = tl.load(init_ptr + head_state + state_offs, mask=state_mask, other=0.0)  # [BK, BV] fp32
     else:
         state = tl.zeros([BK, BV], dtype=tl.float32)
 
     for c in range(0, num_chunks):
         # the state this chunk starts from, for the output pass
         chunk_head = ((first_chunk + c) * H + head) * D * D
-        tl.store(chunk_states_ptr + chunk_head + tile, cast(state, chunk_states_ptr.dtype.element_ty, WIDEN), mask=tile_mask)
+        tl.store(chunk_states_ptr + chunk_head + state_offs, cast(state, chunk_states_ptr.dtype.element_ty, WIDEN), mask=state_mask)
         m = tl.minimum(length - c * BT, BT)  # tokens in this chunk
         tok = start + c * BT + rt  # [BT]
         mt = rt < m
@@ -119,7 +119,7 @@ def _prefill_state_kernel(
         k_t = cast(k_t.to(tl.float32) * k_decay[None, :], v.dtype, WIDEN)
         state = state * tl.exp(-s * m.to(tl.float32)) + mm(k_t, v, PRECISION, WIDEN)
 
-    tl.store(final_ptr + head_state + tile, state, mask=tile_mask)
+    tl.store(final_ptr + head_state + state_offs, state, mask=state_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,8 +132,8 @@ def _prefill_output_kernel(
     H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     PRECISION: tl.constexpr, WIDEN: tl.constexpr,
 ):
-    pid_v = tl.program_id(0)
-    chunk = tl.program_id(1).to(tl.int64)
+    chunk = tl.program_id(0).to(tl.int64)
+    pid_v = tl.program_id(1)
     head = tl.program_id(2)
     seq = tl.load(chunk_seq_ptr + chunk)
     c = chunk - tl.load(chunk_start_ptr + seq).to(tl.int64)  # chunk index inside its sequence
@@ -203,11 +203,11 @@ def _decode_kernel(
     k = tl.load(k_ptr + row * stride_kb + head * stride_kh + rd, mask=md, other=0.0).to(tl.float32)  # [BD]
     v = tl.load(v_ptr + row * stride_vb + head * stride_vh + rv, mask=mv, other=0.0).to(tl.float32)  # [BV]
 
-    tile = pool_ptr + slot * stride_ps + head * stride_ph + rd[:, None] * D + rv[None, :]
-    tile_mask = md[:, None] & mv[None, :]
-    kv = tl.load(tile, mask=tile_mask, other=0.0)  # [BD, BV] fp32
+    state_ptrs = pool_ptr + slot * stride_ps + head * stride_ph + rd[:, None] * D + rv[None, :]
+    state_mask = md[:, None] & mv[None, :]
+    kv = tl.load(state_ptrs, mask=state_mask, other=0.0)  # [BD, BV] fp32
     kv = kv * tl.exp(-s) + k[:, None] * v[None, :]
-    tl.store(tile, kv, mask=tile_mask)
+    tl.store(state_ptrs, kv, mask=state_mask)
     out = tl.sum(q[:, None] * kv, axis=0)  # [BV]; exactly 0 on a padding row
     rv_out = pid_v * BV + tl.arange(0, BV)
     tl.store(o_ptr + row * stride_ob + head * stride_oh + rv_out, cast(out, o_ptr.dtype.element_ty, WIDEN), mask=rv_out < D)
@@ -308,7 +308,7 @@ def lightning_prefill_triton(
     precision = dot_precision(q.dtype)
     st = state_tiles(d)
     init = initial_states if initial_states is not None else final_states  # any valid pointer; unread
-    _prefill_state_kernel[(triton.cdiv(d, st.bk), triton.cdiv(d, st.bv), num_seqs * h)](
+    _prefill_state_kernel[(num_seqs * h, triton.cdiv(d, st.bk), triton.cdiv(d, st.bv))](
         k, v, slope32, cu_seqlens, chunk_start, init, chunk_states, final_states,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         H=h, D=d, BT=chunk_size, BK=st.bk, BV=st.bv,
@@ -317,7 +317,7 @@ def lightning_prefill_triton(
     )
     if num_chunks:
         ot = output_tiles(d, q.dtype)
-        _prefill_output_kernel[(triton.cdiv(d, ot.bv), num_chunks, h)](
+        _prefill_output_kernel[(num_chunks, triton.cdiv(d, ot.bv), h)](
             q, k, v, out, slope32, cu_seqlens, chunk_start, chunk_seq, chunk_states,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1),
