@@ -250,7 +250,7 @@ class Gateway:
             if error.reason is Reason.DEADLINE_EXCEEDED:
                 error.message = f"deadline exceeded after {time.monotonic() - call.started:.3f} s waiting for the upstream"
             raise error from None
-        except asyncio.CancelledError:  # the client went away: the upstream call must stop too
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: stop the upstream call too
             call.status = grpc.StatusCode.CANCELLED.name
             raise
         except BaseException:
