@@ -106,7 +106,8 @@ def _prefill_state_kernel(
     for c in range(0, num_chunks):
         # the state this chunk starts from, for the output pass
         chunk_head = ((first_chunk + c) * H + head) * D * D
-        tl.store(chunk_states_ptr + chunk_head + state_offs, cast(state, chunk_states_ptr.dtype.element_ty, WIDEN), mask=state_mask)
+        start_state = cast(state, chunk_states_ptr.dtype.element_ty, WIDEN)
+        tl.store(chunk_states_ptr + chunk_head + state_offs, start_state, mask=state_mask)
         m = tl.minimum(length - c * BT, BT)  # tokens in this chunk
         tok = start + c * BT + rt  # [BT]
         mt = rt < m

@@ -78,7 +78,8 @@ def _gate_up_kernel(
     for k0 in range(0, hidden, BK):
         rk = k0 + tl.arange(0, BK)
         mk = rk < hidden
-        xs = tl.load(x_ptr + token[:, None] * stride_xt + rk[None, :], mask=live[:, None] & mk[None, :], other=0.0)  # [BM, BK]
+        xs = tl.load(x_ptr + token[:, None] * stride_xt + rk[None, :],
+                     mask=live[:, None] & mk[None, :], other=0.0)  # [BM, BK]
         wmask = mk[:, None] & mn[None, :]
         wg = tl.load(w_gate + rk[:, None], mask=wmask, other=0.0)  # [BK, BN]
         wu = tl.load(w_up + rk[:, None], mask=wmask, other=0.0)  # [BK, BN]
@@ -175,10 +176,15 @@ def moe_experts_triton(
     num_tokens, hidden = x.shape
     device = x.device
     if topk_ids.dim() != 2 or topk_ids.shape[0] != num_tokens or topk_ids.dtype not in INDEX_DTYPES:
-        raise ValueError(f"topk_ids must be an int32/int64 tensor [T={num_tokens}, K], got {topk_ids.dtype} {tuple(topk_ids.shape)}")
+        raise ValueError(
+            f"topk_ids must be an int32/int64 tensor [T={num_tokens}, K], got {topk_ids.dtype} {tuple(topk_ids.shape)}"
+        )
     check_on(topk_ids, "topk_ids", topk_ids.dtype, device)
     if topk_weights.shape != topk_ids.shape or not topk_weights.is_floating_point():
-        raise ValueError(f"topk_weights must be a float tensor of topk_ids' shape {tuple(topk_ids.shape)}, got {topk_weights.dtype} {tuple(topk_weights.shape)}")
+        raise ValueError(
+            f"topk_weights must be a float tensor of topk_ids' shape {tuple(topk_ids.shape)}, "
+            f"got {topk_weights.dtype} {tuple(topk_weights.shape)}"
+        )
     check_on(topk_weights, "topk_weights", topk_weights.dtype, device)
     if w13.dim() != 3 or w13.shape[2] != hidden or w13.shape[1] % 2:
         raise ValueError(f"w13 must be [E, 2I, h={hidden}], got {tuple(w13.shape)}")

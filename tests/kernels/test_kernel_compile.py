@@ -39,7 +39,8 @@ def compile_kernel(fn, pointers: dict[str, str], constexprs: dict, num_warps: in
     """fn compiled to a cubin for sm_<arch>; scalar arguments that are not constexpr are i32."""
     signature = {name: "constexpr" if name in constexprs else pointers.get(name, "i32") for name in fn.arg_names}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def stack_bytes(kernel) -> int | None:
@@ -50,8 +51,8 @@ def stack_bytes(kernel) -> int | None:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        usage = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"STACK:(\d+)", usage).group(1))
+        dump = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True)
+    return int(re.search(r"STACK:(\d+)", dump.stdout).group(1))
 
 
 def lightning_kernels(dtype):
