@@ -46,10 +46,14 @@ class Tiles:
 
 
 def moe_tiles(num_entries: int, num_experts: int) -> Tiles:
-    if num_entries <= 4 * num_experts * 16:
-        # decode-sized batches spread thinly over the experts: small blocks waste less padding
+    """Taller blocks read each expert's weights fewer times but pad more; the entries per local
+    expert (an upper bound: some entries go to other ranks) picks the trade."""
+    per_expert = num_entries / max(num_experts, 1)
+    if per_expert <= 64:  # decode-sized: spread thinly, so small blocks waste less padding
         return Tiles(bm=16, bn=64, bk=64, num_warps=8, num_stages=3)
-    return Tiles(bm=64, bn=64, bk=32, num_warps=8, num_stages=4)
+    if per_expert <= 512:
+        return Tiles(bm=64, bn=64, bk=32, num_warps=8, num_stages=4)
+    return Tiles(bm=128, bn=64, bk=32, num_warps=8, num_stages=4)
 
 
 @triton.jit

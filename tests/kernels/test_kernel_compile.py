@@ -86,8 +86,9 @@ def lightning_kernels(dtype):
 def moe_kernels(dtype):
     t = TYPES[dtype]
     precision = lightning.dot_precision(dtype)
-    for entries, label in ((64 * 2, "decode-sized"), (4096 * 2, "prefill-sized")):
-        tiles = moe.moe_tiles(entries, 8)
+    for tokens in (64, 2048, 8192):  # top-2 over 8 local experts: each tile choice once
+        tiles = moe.moe_tiles(2 * tokens, 8)
+        label = f"{tokens} tokens, BM={tiles.bm}"
         yield f"moe gate-up, {label}", compile_kernel(
             moe._gate_up_kernel,
             {"x_ptr": f"*{t}", "w13_ptr": f"*{t}", "act_ptr": f"*{t}", "rows_ptr": "*i32", "block_expert_ptr": "*i32"},

@@ -75,7 +75,8 @@ CASES = {
     "idle-experts": (9, 2, 32, 16, 6, 0, (0, 2)),
     "nothing-routed-here": (5, 2, 32, 16, 2, 4, (0, 4)),
     "one-token-top3": (1, 3, 80, 24, 4, 0, (0, 4)),
-    "large-blocks": (170, 2, 32, 16, 4, 0, (0, 4)),  # T*K > 4*E*16 switches to 64-row blocks
+    "64-row-blocks": (170, 2, 32, 16, 4, 0, (0, 4)),  # over 64 entries per expert
+    "128-row-blocks": (300, 2, 24, 16, 1, 0, (0, 1)),  # over 512 entries per expert
 }
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 
