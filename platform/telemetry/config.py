@@ -1,0 +1,120 @@
+"""Telemetry settings: one frozen dataclass, read from the environment in this module only.
+
+    TelemetryConfig.from_env(service="gateway")    # what a process uses unless told otherwise
+
+Environment variables (the standard OpenTelemetry ones where they exist):
+    OTEL_EXPORTER_OTLP_ENDPOINT    OTLP/gRPC collector, e.g. http://otel-collector:4317; unset = no push
+    OTEL_EXPORTER_OTLP_INSECURE    "true" for a plaintext collector behind an https:// URL
+    OTEL_SERVICE_NAME              service.name; default minimax-m1-<service>
+    OTEL_METRIC_EXPORT_INTERVAL    ms between OTLP metric pushes (default 10000)
+    POD_NAME / HOSTNAME            k8s.pod.name and service.instance.id (with the process id)
+    POD_NAMESPACE                  k8s.namespace.name
+    MINIMAX_M1_METRICS_PORT        Prometheus scrape port; unset or empty = no endpoint, 0 = any free port
+    MINIMAX_M1_METRICS_HOST        address the scrape endpoint binds (default 0.0.0.0)
+    MINIMAX_M1_TRACE_PROMPTS       "true" puts request input text on engine spans (off by default)
+    MINIMAX_M1_EXPERT_LOAD_EVERY   sample expert routing every N engine steps (default 1; 0 = off)
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENV_OTLP_INSECURE = "OTEL_EXPORTER_OTLP_INSECURE"
+ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
+ENV_METRIC_INTERVAL = "OTEL_METRIC_EXPORT_INTERVAL"
+ENV_POD_NAME = "POD_NAME"
+ENV_POD_NAMESPACE = "POD_NAMESPACE"
+ENV_HOSTNAME = "HOSTNAME"
+ENV_METRICS_PORT = "MINIMAX_M1_METRICS_PORT"
+ENV_METRICS_HOST = "MINIMAX_M1_METRICS_HOST"
+ENV_TRACE_PROMPTS = "MINIMAX_M1_TRACE_PROMPTS"
+ENV_EXPERT_LOAD_EVERY = "MINIMAX_M1_EXPERT_LOAD_EVERY"
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("minimax-m1")
+    except Exception:  # running from a tree that was never installed
+        return "0+unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    service: str  # the component: gateway, engine, ...
+    service_name: str = ""  # "" = minimax-m1-<service>
+    service_version: str = ""  # "" = the installed distribution's version
+    pod_name: str = ""
+    namespace: str = ""
+    instance_id: str = ""  # "" = <pod or host>-<pid>
+    otlp_endpoint: str = ""  # "" = no OTLP export
+    otlp_insecure: bool | None = None  # None = decided by the endpoint's scheme
+    metric_export_interval_ms: int = 10_000
+    prometheus_port: int | None = None  # None = no scrape endpoint; 0 = any free port
+    prometheus_host: str = "0.0.0.0"
+    record_prompts: bool = False
+    expert_load_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.service:
+            raise ValueError("telemetry.service: must name the component, e.g. 'gateway'")
+        port = self.prometheus_port
+        if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
+            raise ValueError(f"telemetry.prometheus_port: must be in [0, 65535] or None, got {port!r}")
+        if self.metric_export_interval_ms < 1:
+            raise ValueError(f"telemetry.metric_export_interval_ms: must be >= 1, got {self.metric_export_interval_ms}")
+        if self.expert_load_every < 0:
+            raise ValueError(f"telemetry.expert_load_every: must be >= 0, got {self.expert_load_every}")
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None, **overrides) -> "TelemetryConfig":
+        env = os.environ if environ is None else environ
+        port_text = env.get(ENV_METRICS_PORT, "").strip()
+        try:
+            port = int(port_text) if port_text else None
+            interval = int(env.get(ENV_METRIC_INTERVAL, "") or 10_000)
+            every = int(env.get(ENV_EXPERT_LOAD_EVERY, "") or 1)
+        except ValueError as exc:
+            raise ValueError(f"telemetry environment: {exc}") from None
+        insecure = env.get(ENV_OTLP_INSECURE, "").strip().lower()
+        config = cls(
+            service=service,
+            service_name=env.get(ENV_SERVICE_NAME, ""),
+            pod_name=env.get(ENV_POD_NAME, ""),
+            namespace=env.get(ENV_POD_NAMESPACE, ""),
+            otlp_endpoint=env.get(ENV_OTLP_ENDPOINT, "").strip(),
+            otlp_insecure=(insecure in _TRUE) if insecure else None,
+            metric_export_interval_ms=interval,
+            prometheus_port=port,
+            prometheus_host=env.get(ENV_METRICS_HOST, "") or "0.0.0.0",
+            record_prompts=env.get(ENV_TRACE_PROMPTS, "").strip().lower() in _TRUE,
+            expert_load_every=every,
+        )
+        return replace(config, **overrides) if overrides else config
+
+    def resource_attributes(self) -> dict[str, str]:
+        """service.name/version/instance.id plus the pod's, as OpenTelemetry resource attributes."""
+        host = os.environ.get(ENV_HOSTNAME) or socket.gethostname()
+        pod = self.pod_name
+        attrs = {
+            "service.name": self.service_name or f"minimax-m1-{self.service}",
+            "service.version": self.service_version or _version(),
+            "service.namespace": "minimax-m1",
+            "service.instance.id": self.instance_id or f"{pod or host}-{os.getpid()}",
+            "minimax_m1.component": self.service,
+            "host.name": host,
+        }
+        if pod:
+            attrs["k8s.pod.name"] = pod
+        if self.namespace:
+            attrs["k8s.namespace.name"] = self.namespace
+        return attrs
+
+
+__all__ = ["TelemetryConfig"]

@@ -1,0 +1,292 @@
+"""The engine's telemetry: a span tree per request, gen_ai latency metrics, capacity and MoE gauges.
+
+    tel = instrument_engine(async_engine, model_name)          # once per engine (replica)
+    stream = tel.trace(async_engine.generate(...), engine_request_id, request, grpc_context)
+
+The hook points in the engine:
+- `trace` wraps a request's output stream on the event loop: the request span (a child of the
+  gateway's span, from the traceparent in the gRPC metadata), a `gen_ai.first_token` event, the
+  `engine.finish` span, and TTFT / TPOT / duration / token metrics;
+- `LLMEngine.observer` (this object) is told about every step in the engine's loop thread:
+  `engine.queue` ends when a request is first scheduled, each prefill chunk is an
+  `engine.prefill` span, the decode steps form one `engine.decode` span, a preemption is an
+  `engine.preemption` event (and the request queues again); expert counts feed the load metrics;
+- `wants_routing()` asks the engine to collect expert counts this step (every
+  `expert_load_every` steps; 1 = every step, so the load counter is exact);
+- `on_instance_failure(exc)` counts a model-instance restart.
+
+Span timestamps are wall-clock ns (time.time_ns), as OpenTelemetry wants.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from opentelemetry import trace
+from opentelemetry.metrics import Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from minimax_m1.telemetry import names
+from minimax_m1.telemetry.propagation import extract_context
+from minimax_m1.telemetry.setup import Telemetry, current
+
+_IMBALANCE_DECAY = 0.98  # per sampled step: the imbalance gauge looks at roughly the last 50 steps
+
+
+@dataclass(eq=False)
+class _Live:
+    """Open spans of one request (touched by the loop thread and the event loop, under the lock)."""
+
+    span: Any
+    context: Any
+    queue: Any = None
+    decode: Any = None
+    decode_steps: int = 0
+    prefill_chunks: int = 0
+    preemptions: int = 0
+
+
+class EngineMetrics:
+    """The engine instruments of one Telemetry (created once; every engine in the process reports)."""
+
+    def __init__(self, telemetry: Telemetry):
+        self.telemetry = telemetry
+        self.tracer = telemetry.tracer("minimax_m1.engine")
+        meter = telemetry.meter("minimax_m1.engine")
+        self.engines: weakref.WeakSet[EngineTelemetry] = weakref.WeakSet()
+        self.duration = names.create(meter, names.REQUEST_DURATION)
+        self.ttft = names.create(meter, names.TIME_TO_FIRST_TOKEN)
+        self.tpot = names.create(meter, names.TIME_PER_OUTPUT_TOKEN)
+        self.tokens = names.create(meter, names.ENGINE_TOKENS)
+        self.restarts = names.create(meter, names.INSTANCE_RESTARTS)
+        gauges = [(names.QUEUE_DEPTH, lambda s: s.num_waiting), (names.BATCH_SIZE, lambda s: s.num_running),
+                  (names.SLOTS_USED, lambda s: s.cache.slots_used), (names.SLOTS_TOTAL, lambda s: s.cache.slots_total),
+                  (names.BLOCKS_USED, lambda s: s.cache.blocks_used), (names.BLOCKS_TOTAL, lambda s: s.cache.blocks_total),
+                  (names.PREEMPTIONS, lambda s: s.num_preemptions), (names.STEPS, lambda s: s.num_steps)]
+        for inst, read in gauges:
+            names.create(meter, inst, [self._stats_callback(read)])
+        names.create(meter, names.EXPERT_LOAD, [self._observe_load])
+        names.create(meter, names.EXPERT_IMBALANCE, [self._observe_imbalance])
+
+    def _stats_callback(self, read: Callable[[Any], float]):
+        def callback(options):
+            return [Observation(read(e.stats()), e.attributes) for e in list(self.engines)]
+        return callback
+
+    def _observe_load(self, options):
+        out = []
+        for e in list(self.engines):
+            for layer, row in enumerate(e.expert_load()):
+                out += [Observation(v, {**e.attributes, "layer": layer, "expert": x}) for x, v in enumerate(row)]
+        return out
+
+    def _observe_imbalance(self, options):
+        out = []
+        for e in list(self.engines):
+            out += [Observation(v, {**e.attributes, "layer": layer}) for layer, v in enumerate(e.imbalance())]
+        return out
+
+
+class EngineTelemetry:
+    def __init__(self, metrics: EngineMetrics, stats: Callable[[], Any], model_name: str, num_layers: int, num_experts: int):
+        import torch
+
+        self._m = metrics
+        config = metrics.telemetry.config
+        self.enabled = metrics.telemetry.enabled
+        self.stats = stats
+        self.model_name = model_name
+        self.attributes = {names.REQUEST_MODEL: model_name}
+        self._record_prompts = config.record_prompts
+        self._every = config.expert_load_every if self.enabled else 0
+        self._step_no = 0
+        self._lock = threading.Lock()
+        self._live: dict[str, _Live] = {}
+        self._load = torch.zeros(num_layers, num_experts, dtype=torch.int64)  # [L, E] since start
+        self._recent = torch.zeros(num_layers, num_experts, dtype=torch.float64)  # [L, E] decayed
+        metrics.restarts.add(0, {**self.attributes, "reason": "none"})  # the series exists from the start
+        metrics.engines.add(self)
+
+    # -- called by the engine's loop thread ------------------------------------------------------
+    def wants_routing(self) -> bool:
+        if not self._every:
+            return False
+        self._step_no += 1
+        return self._step_no % self._every == 0
+
+    def on_step(self, batch, outputs, expert_counts, started_ns: int) -> None:
+        """After a step: `batch` as scheduled, its outputs, expert counts [S, L, E] (or None)."""
+        if not self.enabled:
+            return
+        ended_ns = time.time_ns()
+        if expert_counts is not None:
+            step = expert_counts.sum(0)  # [L, E]
+            with self._lock:
+                self._load += step
+                self._recent.mul_(_IMBALANCE_DECAY).add_(step)
+        if not self._live:
+            return
+        tracer = self._m.tracer
+        with self._lock:
+            for seq in batch.preempted:
+                live = self._live.get(seq.request_id)
+                if live is None:
+                    continue
+                live.preemptions += 1
+                live.span.add_event("engine.preemption", {"engine.computed_tokens_lost": seq.num_tokens,
+                                                          "engine.preemptions": live.preemptions}, timestamp=started_ns)
+                self._end_decode(live, started_ns)
+                if live.queue is None:
+                    live.queue = tracer.start_span("engine.queue", context=live.context, start_time=started_ns,
+                                                   attributes={"engine.requeued": True})
+            for seq, n in zip(batch.seqs, batch.num_new_tokens):
+                live = self._live.get(seq.request_id)
+                if live is None:
+                    continue
+                if live.queue is not None:
+                    live.queue.end(end_time=started_ns)
+                    live.queue = None
+                start = seq.num_computed - n
+                if n > 1 or start < len(seq.prompt_ids):
+                    live.prefill_chunks += 1
+                    chunk = tracer.start_span("engine.prefill", context=live.context, start_time=started_ns, attributes={
+                        "engine.chunk.start": start, "engine.chunk.tokens": n, "engine.chunk.index": live.prefill_chunks,
+                        "engine.batch.sequences": len(batch.seqs), "engine.batch.tokens": batch.num_tokens,
+                        "engine.recompute": start < seq.num_counted and live.preemptions > 0})
+                    chunk.end(end_time=ended_ns)
+                else:
+                    if live.decode is None:
+                        live.decode = tracer.start_span("engine.decode", context=live.context, start_time=started_ns)
+                    live.decode_steps += 1
+                if seq.finish_reason is not None:
+                    self._end_decode(live, ended_ns)
+
+    def on_instance_failure(self, exc: BaseException) -> None:
+        self._m.restarts.add(1, {**self.attributes, "reason": type(exc).__name__})
+
+    # -- called on the event loop ----------------------------------------------------------------
+    async def trace(self, stream: AsyncIterator, engine_request_id: str, request: Any,
+                    grpc_context: Any = None) -> AsyncIterator:
+        """Wrap a request's output stream (AsyncEngine.generate) with its span and metrics.
+
+        `request` is the GenerateRequest; `grpc_context` supplies the caller's traceparent (Ray
+        Serve's context and grpc.aio's both have invocation_metadata())."""
+        if not self.enabled:
+            try:
+                async for out in stream:
+                    yield out
+            finally:
+                await stream.aclose()
+            return
+        m = self._m
+        started = time.perf_counter()
+        metadata = grpc_context.invocation_metadata() if grpc_context is not None else None
+        attrs = {names.OPERATION: names.OPERATION_VALUE, names.REQUEST_MODEL: self.model_name,
+                 "gen_ai.request.max_tokens": request.max_output_tokens, "minimax_m1.request_id": request.request_id,
+                 "minimax_m1.engine_request_id": engine_request_id}
+        if self._record_prompts:
+            attrs["gen_ai.prompt"] = request.input
+        span = m.tracer.start_span(f"{names.OPERATION_VALUE} {self.model_name}", context=extract_context(metadata),
+                                   kind=SpanKind.SERVER, attributes=attrs)
+        ctx = trace.set_span_in_context(span)
+        live = _Live(span, ctx, queue=m.tracer.start_span("engine.queue", context=ctx))
+        with self._lock:
+            self._live[engine_request_id] = live
+        first = last_at = None
+        last = None
+        error: BaseException | None = None
+        try:
+            async for out in stream:
+                if first is None and out.output_tokens:
+                    first = time.perf_counter()
+                    span.add_event("gen_ai.first_token")
+                    m.ttft.record(first - started, self.attributes)
+                last, last_at = out, time.perf_counter()
+                yield out
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            finish_ns = time.time_ns()
+            await stream.aclose()  # a consumer that went away: the engine frees the request's state now
+            self._finish(live, engine_request_id, started, first, last_at, last, error, finish_ns)
+
+    def _finish(self, live: _Live, engine_request_id: str, started: float, first: float | None,
+                last_at: float | None, last: Any, error: BaseException | None, finish_ns: int) -> None:
+        m = self._m
+        with self._lock:
+            self._live.pop(engine_request_id, None)
+            if live.queue is not None:
+                live.queue.end(end_time=finish_ns)
+            self._end_decode(live, finish_ns)
+        error_type = _error_type(error)
+        finish = m.tracer.start_span("engine.finish", context=live.context, start_time=finish_ns)
+        attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": live.decode_steps,
+                                 "engine.preemptions": live.preemptions}
+        if last is not None:
+            attrs.update({"gen_ai.usage.input_tokens": last.input_tokens, "gen_ai.usage.output_tokens": last.output_tokens,
+                          "minimax_m1.usage.expert_activations": last.expert_activations})
+            if last.finish_reason is not None:
+                attrs["gen_ai.response.finish_reasons"] = (last.finish_reason.name.lower(),)
+            m.tokens.add(last.input_tokens, {**self.attributes, names.TOKEN_TYPE: "input"})
+            m.tokens.add(last.output_tokens, {**self.attributes, names.TOKEN_TYPE: "output"})
+        finish.set_attributes(attrs)
+        live.span.set_attributes(attrs)
+        metric_attrs = {names.OPERATION: names.OPERATION_VALUE, **self.attributes}
+        if error_type is not None:
+            metric_attrs[names.ERROR_TYPE] = error_type
+            live.span.set_attribute(names.ERROR_TYPE, error_type)
+            if error_type not in ("CANCELLED", "INVALID_ARGUMENT", "OUT_OF_RANGE"):
+                live.span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+        elif first is not None and last is not None and last.output_tokens > 1:
+            m.tpot.record((last_at - first) / (last.output_tokens - 1), self.attributes)
+        finish.end()
+        m.duration.record(time.perf_counter() - started, metric_attrs)
+        live.span.end()
+
+    # -- readings for the observable instruments -------------------------------------------------
+    def expert_load(self) -> list[list[int]]:
+        with self._lock:
+            return self._load.tolist()
+
+    def imbalance(self) -> list[float]:
+        with self._lock:
+            recent = self._recent.clone()
+        mean = recent.mean(dim=1)  # [L]
+        ratio = recent.max(dim=1).values / mean.clamp_min(1e-12)
+        return [float(r) if m > 0 else 1.0 for r, m in zip(ratio.tolist(), mean.tolist())]
+
+    @staticmethod
+    def _end_decode(live: _Live, end_ns: int) -> None:
+        if live.decode is not None:
+            live.decode.set_attribute("engine.decode_steps", live.decode_steps)
+            live.decode.end(end_time=end_ns)
+            live.decode = None
+
+
+def _error_type(error: BaseException | None) -> str | None:
+    import asyncio
+
+    if error is None:
+        return None
+    if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+        return "CANCELLED"
+    from minimax_m1.engine.errors import grpc_status
+
+    return grpc_status(error)[0].name
+
+
+def instrument_engine(async_engine: Any, model_name: str, telemetry: Telemetry | None = None) -> EngineTelemetry:
+    """Attach telemetry to an AsyncEngine: its LLMEngine reports each step to the returned object."""
+    metrics = (telemetry or current()).component("engine", EngineMetrics)
+    engine = async_engine.engine
+    mc = engine.model_config
+    tel = EngineTelemetry(metrics, async_engine.stats, model_name, mc.num_hidden_layers, mc.num_local_experts)
+    engine.observer = tel
+    return tel
+
+
+__all__ = ["EngineTelemetry", "EngineMetrics", "instrument_engine"]

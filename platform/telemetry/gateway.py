@@ -1,0 +1,217 @@
+"""The gateway's telemetry: a server span per Generation RPC, its context sent upstream, metrics.
+
+    tel = gateway_telemetry()                       # for the process's telemetry (current())
+    grpc.aio.server(interceptors=[tel.server_interceptor()], ...)
+    upstream.GenerateStream(req, metadata=tel.outgoing(base_metadata))   # W3C traceparent upstream
+    tel.quota_rejected(tenant, limit)
+    tel.call_finished(tenant, status, input_tokens, output_tokens)
+    probe = tel.start_outbox_probe(db, hook_names)  # billing outbox lag; `await probe.stop()`
+
+With the no-op telemetry every call returns at once (outgoing() hands the metadata back).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Sequence
+
+import grpc
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from minimax_m1.telemetry import names
+from minimax_m1.telemetry.propagation import extract_context, with_trace_context
+from minimax_m1.telemetry.setup import Telemetry, current
+
+log = logging.getLogger(__name__)
+
+SERVICE = "minimax.m1.v1.Generation"
+_TRACED_PREFIX = f"/{SERVICE}/"
+# Server-side codes that mean the service failed (not the caller), as the RPC conventions say.
+_SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
+
+
+def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "CANCELLED"
+    code = context.code()
+    if code is None or code == 0:
+        return "OK" if exc is None else "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == code)).name
+
+
+class GatewayTelemetry:
+    def __init__(self, telemetry: Telemetry):
+        self.telemetry = telemetry
+        self.enabled = telemetry.enabled
+        self._tracer = telemetry.tracer("minimax_m1.gateway")
+        meter = telemetry.meter("minimax_m1.gateway")
+        self._requests = names.create(meter, names.GATEWAY_REQUESTS)
+        self._duration = names.create(meter, names.RPC_DURATION)
+        self._tokens = names.create(meter, names.GATEWAY_TOKENS)
+        self._quota = names.create(meter, names.QUOTA_REJECTIONS)
+        self._outbox: dict[str, tuple[float, int]] = {}  # hook -> (lag s, pending)
+        names.create(meter, names.OUTBOX_LAG, [self._observe_lag])
+        names.create(meter, names.OUTBOX_PENDING, [self._observe_pending])
+
+    # -- hooks called from the gateway ----------------------------------------------------------
+    def outgoing(self, metadata: Sequence[tuple[str, str]]) -> Sequence[tuple[str, str]]:
+        """Upstream call metadata: `metadata` plus the current span's traceparent."""
+        return with_trace_context(metadata) if self.enabled else metadata
+
+    def quota_rejected(self, tenant: str, limit: str) -> None:
+        self._quota.add(1, {"tenant": tenant, "limit": limit})
+
+    def call_finished(self, tenant: str, status: str, input_tokens: int, output_tokens: int) -> None:
+        """A Generate call settled: per-tenant token counts; tenant and usage on the call's span."""
+        if not self.enabled:
+            return
+        self._tokens.add(input_tokens, {"tenant": tenant, names.TOKEN_TYPE: "input"})
+        self._tokens.add(output_tokens, {"tenant": tenant, names.TOKEN_TYPE: "output"})
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({"minimax_m1.tenant": tenant, "minimax_m1.call.status": status,
+                                 "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": output_tokens})
+
+    def server_interceptor(self) -> grpc.aio.ServerInterceptor:
+        return _ServerInterceptor(self)
+
+    def start_outbox_probe(self, db: Any, hooks: Sequence[str], interval_s: float = 5.0) -> "OutboxProbe":
+        probe = OutboxProbe(self, db, hooks, interval_s)
+        probe.start()
+        return probe
+
+    # -- RPC spans and metrics ------------------------------------------------------------------
+    def _start(self, method: str, metadata) -> tuple[Any, Any, float]:
+        span = self._tracer.start_span(f"{SERVICE}/{method}", context=extract_context(metadata), kind=SpanKind.SERVER,
+                                       attributes={"rpc.system": "grpc", "rpc.service": SERVICE, names.RPC_METHOD: method})
+        token = context_api.attach(trace.set_span_in_context(span))
+        return span, token, time.perf_counter()
+
+    def _end(self, method: str, span, token, started: float, code: str) -> None:
+        attrs = {names.RPC_METHOD: method, names.RPC_STATUS: code}
+        self._requests.add(1, attrs)
+        self._duration.record(time.perf_counter() - started, attrs)
+        span.set_attribute(names.RPC_STATUS, code)
+        if code in _SERVER_ERRORS:
+            span.set_status(Status(StatusCode.ERROR, code))
+        span.end()
+        try:
+            context_api.detach(token)
+        except Exception:  # a stream closed from another task: its context is gone already
+            pass
+
+    def _wrap_unary(self, method: str, inner):
+        async def behavior(request, context):
+            span, token, started = self._start(method, context.invocation_metadata())
+            exc: BaseException | None = None
+            try:
+                return await inner(request, context)
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                self._end(method, span, token, started, _code_name(context, exc))
+        return behavior
+
+    def _wrap_stream(self, method: str, inner):
+        async def behavior(request, context):
+            span, token, started = self._start(method, context.invocation_metadata())
+            exc: BaseException | None = None
+            try:
+                async for msg in inner(request, context):
+                    yield msg
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                self._end(method, span, token, started, _code_name(context, exc))
+        return behavior
+
+    # -- outbox gauges --------------------------------------------------------------------------
+    def _observe_lag(self, options):
+        from opentelemetry.metrics import Observation
+
+        return [Observation(lag, {"hook": hook}) for hook, (lag, _) in list(self._outbox.items())]
+
+    def _observe_pending(self, options):
+        from opentelemetry.metrics import Observation
+
+        return [Observation(pending, {"hook": hook}) for hook, (_, pending) in list(self._outbox.items())]
+
+
+class _ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tel: GatewayTelemetry):
+        self._tel = tel
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not self._tel.enabled or not details.method.startswith(_TRACED_PREFIX):
+            return handler  # health checks and reflection are not traced
+        method = details.method[len(_TRACED_PREFIX):]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(self._tel._wrap_unary(method, handler.unary_unary),
+                                                       handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(self._tel._wrap_stream(method, handler.unary_stream),
+                                                        handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+class OutboxProbe:
+    """Polls the ledger's outbox: per hook, the undelivered count and the oldest one's age."""
+
+    _SQL = ("SELECT o.hook, COUNT(*), MIN(r.ended_at) FROM billing_outbox o JOIN usage_records r "
+            "ON r.record_id = o.record_id WHERE o.delivered_at IS NULL GROUP BY o.hook")
+
+    def __init__(self, tel: GatewayTelemetry, db: Any, hooks: Sequence[str], interval_s: float):
+        self._tel = tel
+        self._db = db
+        self._hooks = list(hooks)
+        self._interval_s = interval_s
+        self._task: asyncio.Task | None = None
+        for hook in self._hooks:
+            tel._outbox[hook] = (0.0, 0)
+
+    def start(self) -> None:
+        if self._tel.enabled and self._hooks:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="telemetry-outbox-probe")
+
+    async def poll(self) -> dict[str, tuple[float, int]]:
+        rows = await self._db.execute(self._SQL)
+        now = time.time()
+        found = {hook: (max(0.0, now - (oldest or now)), int(count)) for hook, count, oldest in rows}
+        values = {hook: found.get(hook, (0.0, 0)) for hook in self._hooks}
+        self._tel._outbox.update(values)
+        return values
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database hiccuped: keep the last values, try again
+                log.warning("billing outbox probe failed: %s", exc)
+            await asyncio.sleep(self._interval_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+
+def gateway_telemetry(telemetry: Telemetry | None = None) -> GatewayTelemetry:
+    """The GatewayTelemetry of `telemetry` (default: the process's), created once per telemetry."""
+    return (telemetry or current()).component("gateway", GatewayTelemetry)
+
+
+__all__ = ["GatewayTelemetry", "OutboxProbe", "gateway_telemetry"]

@@ -1,0 +1,104 @@
+"""Every instrument the platform emits, in one table: OpenTelemetry name, kind, unit, description.
+
+gen_ai.* names are the OpenTelemetry GenAI semantic conventions (development status; checked
+against opentelemetry-semantic-conventions 0.66b2 and the semantic-conventions-genai docs). The
+conventions define no server-side token counter, so tokens/s comes from minimax_m1.engine.tokens
+(attribute gen_ai.token.type as in the conventions); per-request billed usage is the convention's
+gen_ai.client.token.usage, emitted by the gateway's otel_metrics billing hook (the gateway is the
+GenAI client of the model server).
+
+The Prometheus exporter turns a name into `name.replace(".", "_")`, appends the unit for `s`
+(`_seconds`) and `1` (`_ratio`), drops `{...}` units, and appends `_total` to counters; histograms get
+`_bucket`, `_sum` and `_count`. PROMETHEUS below lists the names the dashboards use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    name: str
+    kind: str  # counter | histogram | gauge (observable) | observable_counter
+    unit: str
+    description: str
+    buckets: tuple[float, ...] | None = None
+
+    @property
+    def prometheus(self) -> str:
+        base = self.name.replace(".", "_")
+        suffix = {"s": "_seconds", "1": "_ratio"}.get(self.unit, "")
+        base += suffix
+        return base + "_total" if self.kind in ("counter", "observable_counter") else base
+
+
+# Bucket boundaries advised by the GenAI conventions.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+# -- engine ---------------------------------------------------------------------------------------
+REQUEST_DURATION = Instrument("gen_ai.server.request.duration", "histogram", "s",
+                              "Engine time per request, from arrival to the last token", DURATION_BUCKETS)
+TIME_TO_FIRST_TOKEN = Instrument("gen_ai.server.time_to_first_token", "histogram", "s",
+                                 "Time from arrival to the first output token", TTFT_BUCKETS)
+TIME_PER_OUTPUT_TOKEN = Instrument("gen_ai.server.time_per_output_token", "histogram", "s",
+                                   "Mean time per output token after the first, per successful request", TPOT_BUCKETS)
+ENGINE_TOKENS = Instrument("minimax_m1.engine.tokens", "counter", "{token}",
+                           "Tokens processed, by gen_ai.token.type (input = prompt, output = generated)")
+QUEUE_DEPTH = Instrument("minimax_m1.engine.queue.depth", "gauge", "{request}", "Requests waiting for admission")
+BATCH_SIZE = Instrument("minimax_m1.engine.batch.size", "gauge", "{request}", "Requests in the running batch")
+SLOTS_USED = Instrument("minimax_m1.engine.state_slots.used", "gauge", "{slot}", "Lightning-state slots in use")
+SLOTS_TOTAL = Instrument("minimax_m1.engine.state_slots.total", "gauge", "{slot}", "Lightning-state slots")
+BLOCKS_USED = Instrument("minimax_m1.engine.kv_blocks.used", "gauge", "{block}", "Paged KV blocks in use")
+BLOCKS_TOTAL = Instrument("minimax_m1.engine.kv_blocks.total", "gauge", "{block}", "Paged KV blocks")
+PREEMPTIONS = Instrument("minimax_m1.engine.preemptions", "observable_counter", "{preemption}",
+                         "Sequences preempted for lack of KV blocks (recomputed later)")
+STEPS = Instrument("minimax_m1.engine.steps", "observable_counter", "{step}", "Engine steps run")
+EXPERT_LOAD = Instrument("minimax_m1.engine.expert.load", "observable_counter", "{activation}",
+                         "(token, expert) activations, by layer and expert")
+EXPERT_IMBALANCE = Instrument("minimax_m1.engine.expert.imbalance", "gauge", "1",
+                              "Max over mean expert load per layer, over recent steps (1 = balanced)")
+INSTANCE_RESTARTS = Instrument("minimax_m1.engine.instance.restarts", "counter", "{restart}",
+                               "Model instance failures that replace the instance")
+
+# -- gateway --------------------------------------------------------------------------------------
+RPC_DURATION = Instrument("rpc.server.call.duration", "histogram", "s",
+                          "Gateway time per RPC, by method and status code", DURATION_BUCKETS)
+GATEWAY_REQUESTS = Instrument("minimax_m1.gateway.requests", "counter", "{request}",
+                              "Gateway RPCs, by method and status code")
+GATEWAY_TOKENS = Instrument("minimax_m1.gateway.tokens", "counter", "{token}",
+                            "Tokens settled per tenant, by gen_ai.token.type")
+QUOTA_REJECTIONS = Instrument("minimax_m1.gateway.quota.rejections", "counter", "{request}",
+                              "Requests refused by a tenant quota, by tenant and limit")
+OUTBOX_LAG = Instrument("minimax_m1.billing.outbox.lag", "gauge", "s",
+                        "Age of the oldest undelivered usage record, per billing hook (0 = none pending)")
+OUTBOX_PENDING = Instrument("minimax_m1.billing.outbox.pending", "gauge", "{record}",
+                            "Usage records waiting for delivery, per billing hook")
+
+ALL = (REQUEST_DURATION, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, ENGINE_TOKENS, QUEUE_DEPTH, BATCH_SIZE,
+       SLOTS_USED, SLOTS_TOTAL, BLOCKS_USED, BLOCKS_TOTAL, PREEMPTIONS, STEPS, EXPERT_LOAD, EXPERT_IMBALANCE,
+       INSTANCE_RESTARTS, RPC_DURATION, GATEWAY_REQUESTS, GATEWAY_TOKENS, QUOTA_REJECTIONS, OUTBOX_LAG, OUTBOX_PENDING)
+
+# Attribute keys.
+OPERATION = "gen_ai.operation.name"
+OPERATION_VALUE = "text_completion"
+REQUEST_MODEL = "gen_ai.request.model"
+TOKEN_TYPE = "gen_ai.token.type"
+ERROR_TYPE = "error.type"
+RPC_METHOD = "rpc.method"
+RPC_STATUS = "rpc.response.status_code"  # the status code's name, e.g. RESOURCE_EXHAUSTED
+
+
+def create(meter, inst: Instrument, callbacks=None):
+    """Create `inst` on `meter` (observable kinds take callbacks)."""
+    if inst.kind == "counter":
+        return meter.create_counter(inst.name, unit=inst.unit, description=inst.description)
+    if inst.kind == "histogram":
+        return meter.create_histogram(inst.name, unit=inst.unit, description=inst.description,
+                                      explicit_bucket_boundaries_advisory=inst.buckets)
+    if inst.kind == "gauge":
+        return meter.create_observable_gauge(inst.name, callbacks=callbacks, unit=inst.unit, description=inst.description)
+    if inst.kind == "observable_counter":
+        return meter.create_observable_counter(inst.name, callbacks=callbacks, unit=inst.unit, description=inst.description)
+    raise ValueError(f"unknown instrument kind {inst.kind!r}")

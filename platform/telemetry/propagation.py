@@ -1,0 +1,44 @@
+"""W3C trace context (traceparent, tracestate) in gRPC metadata.
+
+    metadata = with_trace_context(base_metadata)       # the caller: base + the current span's context
+    ctx = extract_context(context.invocation_metadata())   # the callee: the parent for its spans
+
+gRPC metadata keys are lower case, which is what W3C trace context uses, so no key mapping is
+needed. Both work without an active span: nothing is added and an empty context comes back.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()  # stateless
+TRACE_KEYS = frozenset(_PROPAGATOR.fields)  # {"traceparent", "tracestate"}
+
+
+def inject_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
+    """The trace-context metadata pairs for `context` (default: the current one)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context)
+    return tuple(carrier.items())
+
+
+def with_trace_context(metadata: Sequence[tuple[str, str]] = (), context: Context | None = None) -> tuple[tuple[str, str], ...]:
+    """`metadata` with any trace-context pairs replaced by the current span's."""
+    injected = inject_metadata(context)
+    if not injected:
+        return tuple(metadata)
+    return tuple(p for p in metadata if p[0] not in TRACE_KEYS) + injected
+
+
+def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
+    """The remote parent context from gRPC invocation metadata (empty Context if none)."""
+    carrier = {}
+    for key, value in metadata or ():
+        if key in TRACE_KEYS:
+            carrier[key] = value.decode() if isinstance(value, bytes) else value
+    return _PROPAGATOR.extract(carrier) if carrier else Context()
+
+
+__all__ = ["inject_metadata", "with_trace_context", "extract_context", "TRACE_KEYS"]
