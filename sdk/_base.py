@@ -80,7 +80,7 @@ class BaseClient:
     """Settings and policy shared by the sync and async clients.
 
     endpoint: "host:port" or with a scheme (grpc://, grpcs://, https://); default from
-        MINIMAX_M1_ENDPOINT, else localhost:8443. Loopback hosts without a scheme use plaintext,
+        MINIMAX_M1_ENDPOINT, else localhost:50051. Loopback hosts without a scheme use plaintext,
         all others TLS; `tls` overrides, `root_certificates` (PEM bytes) trusts a private CA.
     api_key: sent as `authorization: Bearer <key>`; default from MINIMAX_M1_API_KEY.
     timeout: seconds for each call, retries included (None: no deadline); default 600.

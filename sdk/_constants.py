@@ -8,7 +8,7 @@ API_KEY_ENV = "MINIMAX_M1_API_KEY"
 ENDPOINT_ENV = "MINIMAX_M1_ENDPOINT"
 
 # The gateway's default listen address (python -m minimax_m1.gateway).
-DEFAULT_ENDPOINT = "localhost:8443"
+DEFAULT_ENDPOINT = "localhost:50051"
 
 # Seconds for one call, all of its retries included. None means no deadline.
 DEFAULT_TIMEOUT: float | None = 600.0

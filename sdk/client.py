@@ -1,6 +1,6 @@
 """`Client` and `AsyncClient`: the Generation service over gRPC, with typed errors and retries.
 
-    with Client("localhost:8443", api_key="...") as client:
+    with Client("localhost:50051", api_key="...") as client:
         result = client.generate("Hello", max_output_tokens=32, temperature=0)
         with client.stream("Hello", max_output_tokens=32) as stream:
             for chunk in stream:

@@ -46,7 +46,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--endpoint",
         help="gateway address: host:port, grpc://host:port (plaintext) or grpcs://host:port (TLS); "
-        "default $MINIMAX_M1_ENDPOINT, else localhost:8443",
+        "default $MINIMAX_M1_ENDPOINT, else localhost:50051",
     )
     group.add_argument(
         "--api-key",

@@ -206,7 +206,7 @@ class BillingConfig:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     host: str = "127.0.0.1"
-    port: int = 8443  # 0 picks a free port (read it back from the handle)
+    port: int = 50051  # 0 picks a free port (read it back from the handle)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)

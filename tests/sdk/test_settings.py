@@ -53,7 +53,7 @@ def test_no_key_sends_no_authorization(recording, monkeypatch):
 def test_default_endpoint(monkeypatch):
     monkeypatch.delenv("MINIMAX_M1_ENDPOINT", raising=False)
     client = Client()
-    assert (client.target.address, client.target.tls) == ("localhost:8443", False)
+    assert (client.target.address, client.target.tls) == ("localhost:50051", False)
     client.close()
 
 
@@ -65,10 +65,10 @@ def test_default_endpoint(monkeypatch):
         ("[::1]:9", None, ("[::1]:9", False)),
         ("api.example.com:443", None, ("api.example.com:443", True)),
         ("grpc://api.example.com:80", None, ("api.example.com:80", False)),
-        ("grpcs://localhost:8443", None, ("localhost:8443", True)),
+        ("grpcs://localhost:50051", None, ("localhost:50051", True)),
         ("https://api.example.com/", None, ("api.example.com", True)),
         ("api.example.com:80", False, ("api.example.com:80", False)),
-        ("localhost:8443", True, ("localhost:8443", True)),
+        ("localhost:50051", True, ("localhost:50051", True)),
     ],
 )
 def test_endpoint_resolution(endpoint, tls, expected):
