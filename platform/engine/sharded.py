@@ -179,10 +179,11 @@ class RayModelInstance(ModelInstance):
             rank = self._serving[done[0]]
             try:
                 ray.get(done[0])
-                why = "left the world unexpectedly"
-            except ray.exceptions.RayError as exc:
-                why = _first_line(exc)
-            raise self._die(f"{self._describe(rank)} stopped: {why}", name_lost=False)
+                raise self._die(f"{self._describe(rank)} left the world unexpectedly")
+            except ray.exceptions.RayActorError:
+                raise self._die(f"{self._describe(rank)} stopped: its process died", name_lost=False) from None
+            except ray.exceptions.RayError as exc:  # its collectives failed: a peer died or hung
+                raise self._die(f"{self._describe(rank)} stopped: {_first_line(exc)}") from None
 
     def _unresponsive(self) -> str | None:
         import ray
