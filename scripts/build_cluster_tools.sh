@@ -8,6 +8,7 @@
 #   bin/kube-scheduler             by a replace directive to the matching k8s.io/<name> v0.x
 #   bin/kube-controller-manager
 #   bin/kwok                     sigs.k8s.io/kwok/cmd/kwok (fake nodes and pod lifecycles)
+#   kwok/stages.yaml             kwok's standard node and pod Stages, from its module
 #   bin/ray-operator             github.com/ray-project/kuberay/ray-operator
 #   crds/ray.io_*.yaml           the KubeRay CRDs shipped in the operator module (config/crd/bases)
 #
@@ -101,7 +102,7 @@ EOF
 
 build_kubernetes() {
   local cmds=(kube-apiserver kube-scheduler kube-controller-manager)
-  is_current kubernetes "$KUBERNETES_VERSION" "${cmds[@]/#/$BIN/}" && return 0
+  is_current kubernetes "$KUBERNETES_VERSION+version" "${cmds[@]/#/$BIN/}" && return 0
   log "building ${cmds[*]} $KUBERNETES_VERSION"
   local dir="$SRC/kubernetes" staging="v0.${KUBERNETES_VERSION#v1.}"
   wrapper_module "$dir"
@@ -117,15 +118,29 @@ build_kubernetes() {
     echo ")"
   } >> "$dir/go.mod"
   local pkgs=() c; for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  # What the release build stamps (hack/lib/version.sh); clients such as helm check it.
+  local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  local x="" pkg; for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    x="$x -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  done
   (cd "$dir" && $GO get "k8s.io/kubernetes@$KUBERNETES_VERSION" &&
-    timed kubernetes $GO build -ldflags "$LDFLAGS" -o "$BIN/" "${pkgs[@]}")
-  stamp kubernetes "$KUBERNETES_VERSION"
+    timed kubernetes $GO build -ldflags "$LDFLAGS $x" -o "$BIN/" "${pkgs[@]}")
+  stamp kubernetes "$KUBERNETES_VERSION+version"
 }
 
 build_kwok() {
-  is_current kwok "$KWOK_VERSION" "$BIN/kwok" && return 0
+  is_current kwok "$KWOK_VERSION" "$BIN/kwok" "$CACHE/kwok/stages.yaml" && return 0
   log "building kwok $KWOK_VERSION"
   GOBIN="$BIN" timed kwok $GO install -ldflags "$LDFLAGS" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  # kwok runs node and pod lifecycles from Stage objects; its module ships the standard "fast"
+  # set (nodes become Ready and keep a heartbeat, pods become Ready, complete and get deleted).
+  local dir
+  dir="$(cd "$SRC" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -nE 's/^\s*"Dir": "(.*)",?$/\1/p')"
+  mkdir -p "$CACHE/kwok"
+  local f; for f in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready \
+    pod/fast/pod-complete pod/fast/pod-delete; do
+    echo "---"; cat "$dir/kustomize/stage/$f.yaml"
+  done > "$CACHE/kwok/stages.yaml"
   stamp kwok "$KWOK_VERSION"
 }
 

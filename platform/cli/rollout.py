@@ -100,15 +100,17 @@ def kube_clients(args: argparse.Namespace):
         from kubernetes import client, config
     except ImportError as exc:  # the SDK-only install
         raise CliError("the kubernetes package is needed: pip install 'minimax-m1[serve]'", EXIT_UNAVAILABLE) from exc
+    # Read $KUBECONFIG now: the client's own default was fixed when it was imported.
+    path = args.kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     try:
-        api = config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
-        _, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
+        api = config.new_client_from_config(config_file=path, context=args.context)
+        _, active = config.list_kube_config_contexts(config_file=path)
     except (config.ConfigException, OSError, TypeError) as exc:
-        raise CliError(f"cannot load a kubeconfig: {exc}", EXIT_UNAVAILABLE) from exc
+        raise CliError(f"cannot load a kubeconfig from {path}: {exc}", EXIT_UNAVAILABLE) from exc
     namespace = args.namespace
     if namespace is None:
         if args.context:
-            contexts, _ = config.list_kube_config_contexts(config_file=args.kubeconfig)
+            contexts, _ = config.list_kube_config_contexts(config_file=path)
             active = next((c for c in contexts if c["name"] == args.context), active)
         namespace = (active or {}).get("context", {}).get("namespace") or "default"
     return api, namespace
