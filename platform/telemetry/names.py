@@ -7,9 +7,9 @@ conventions define no server-side token counter, so tokens/s comes from minimax_
 gen_ai.client.token.usage, emitted by the gateway's otel_metrics billing hook (the gateway is the
 GenAI client of the model server).
 
-The Prometheus exporter turns a name into `name.replace(".", "_")`, appends the unit for `s`
-(`_seconds`) and `1` (`_ratio`), drops `{...}` units, and appends `_total` to counters; histograms get
-`_bucket`, `_sum` and `_count`. PROMETHEUS below lists the names the dashboards use.
+The Prometheus exporter turns a name into `name.replace(".", "_")`, appends `_seconds` for unit `s`,
+drops `{...}` and `1` units, and appends `_total` to counters; histograms get `_bucket`, `_sum` and
+`_count`. `Instrument.prometheus` gives that name; the dashboards are written with it.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ class Instrument:
     @property
     def prometheus(self) -> str:
         base = self.name.replace(".", "_")
-        suffix = {"s": "_seconds", "1": "_ratio"}.get(self.unit, "")
-        base += suffix
+        if self.unit == "s":
+            base += "_seconds"
         return base + "_total" if self.kind in ("counter", "observable_counter") else base
 
 

@@ -107,3 +107,25 @@ def test_instrument_names_are_unique_and_follow_the_conventions():
     assert names.TIME_TO_FIRST_TOKEN.name == semconv.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN
     assert names.TIME_PER_OUTPUT_TOKEN.name == semconv.GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN
     assert names.REQUEST_DURATION.name == semconv.GEN_AI_SERVER_REQUEST_DURATION
+
+
+def test_prometheus_names_match_what_the_exporter_writes():
+    from opentelemetry.metrics import Observation
+
+    tel = setup_telemetry(TelemetryConfig(service="engine", prometheus_port=0, prometheus_host="127.0.0.1"),
+                          install_as_current=False)
+    try:
+        meter = tel.meter("t")
+        for inst in names.ALL:
+            made = names.create(meter, inst, [lambda options: [Observation(1)]])
+            if inst.kind == "counter":
+                made.add(1)
+            elif inst.kind == "histogram":
+                made.record(0.5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{tel.prometheus_port}/metrics", timeout=5).read().decode()
+    finally:
+        tel.shutdown()
+    series = {line.split("{")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    for inst in names.ALL:
+        wanted = inst.prometheus + ("_count" if inst.kind == "histogram" else "")
+        assert wanted in series, (inst.name, wanted)
