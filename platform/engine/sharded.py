@@ -160,13 +160,23 @@ class RayModelInstance(ModelInstance):
             raise self._die(f"step failed: {_first_line(exc)}") from None
 
     def check_health(self) -> None:
-        """Raise InstanceDeadError unless every worker answers within health_timeout_s."""
+        """Raise InstanceDeadError unless every worker answers within health_timeout_s and the
+        leader can still send a message through the world. Call it between steps; it also keeps
+        idle non-leaders within their idle timeout (a day)."""
+        import ray
+
         if self._dead is not None:
             raise InstanceDeadError(self._dead)
         self._poll_loops()
         lost = self._unresponsive()
         if lost:
             raise self._die(f"{lost} did not answer a health check")
+        try:
+            ray.get(self.workers[0].heartbeat.remote(), timeout=self.health_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise self._die(f"the leader could not send a heartbeat within {self.health_timeout_s:.0f}s") from None
+        except ray.exceptions.RayError as exc:
+            raise self._die(f"heartbeat failed: {_first_line(exc)}") from None
 
     def _poll_loops(self) -> None:
         """A non-leader's serve() only returns when its worker died or its world broke."""

@@ -20,6 +20,7 @@ import datetime
 import math
 import os
 import socket
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ from minimax_m1.model_shards.tensor_parallel import TPGroup, apply_tp, load_shar
 from minimax_m1.model_shards.weights import load_into
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-STEP, STOP = "step", "stop"
+STEP, STOP, HEARTBEAT = "step", "stop", "heartbeat"
 
 
 @dataclass
@@ -195,6 +196,7 @@ class ShardWorker:
         self.tp_group: TPGroup | None = None
         self.reads: list[tuple[str, int, int]] = []  # checkpoint byte ranges this worker read
         self._control = None
+        self._lead_lock = threading.Lock()
 
     # ---- world ----------------------------------------------------------------------------------
     def ping(self) -> dict:
@@ -257,6 +259,8 @@ class ShardWorker:
             kind, payload = self._receive()
             if kind == STOP:
                 return steps
+            if kind == HEARTBEAT:
+                continue
             self._run(payload)
             steps += 1
 
@@ -308,14 +312,27 @@ class AttentionWorker(ShardWorker):
 
     def step(self, request: StepRequest) -> StepResult:
         """Leader only: broadcast the step to every rank, run it, return the logits."""
-        if self.spec.rank != 0:
-            raise RuntimeError(f"step() goes to the leader (rank 0), not rank {self.spec.rank}")
-        self._send(STEP, request)
-        return self._run(request)
+        with self._leading():
+            self._send(STEP, request)
+            return self._run(request)
+
+    def heartbeat(self) -> None:
+        """Leader only: an empty message through the control group. It proves the world still
+        carries messages and restarts the non-leaders' idle timeout."""
+        with self._leading():
+            self._send(HEARTBEAT, None)
 
     def stop(self) -> None:
         """Leader only: end the other ranks' loops."""
-        self._send(STOP, None)
+        with self._leading():
+            self._send(STOP, None)
+
+    def _leading(self) -> threading.Lock:
+        # The actor runs two calls at once (so pings answer during a step); control messages
+        # must still go out one at a time, in order.
+        if self.spec.rank != 0:
+            raise RuntimeError(f"steps and control messages go to the leader (rank 0), not rank {self.spec.rank}")
+        return self._lead_lock
 
     @torch.inference_mode()
     def _run(self, request: StepRequest) -> StepResult:
@@ -354,4 +371,4 @@ def worker_class(plan: ShardPlan, rank: int) -> type[ShardWorker]:
 
 
 __all__ = ["AttentionWorker", "ExpertWorker", "ShardWorker", "WorkerSpec", "ExpertExchange", "ExpertDispatch",
-           "Traffic", "build_attention_shard", "build_expert_shard", "worker_class", "STEP", "STOP"]
+           "Traffic", "build_attention_shard", "build_expert_shard", "worker_class", "STEP", "STOP", "HEARTBEAT"]
