@@ -16,6 +16,7 @@ from minimax_m1.cli.common import EXIT_USAGE, CliError
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-checkpoint": ("minimax_m1.cli.make_checkpoint", "write a tiny random checkpoint with a tokenizer"),
     "local-generate": ("minimax_m1.cli.local_generate", "generate text in this process (no server)"),
+    "serve": ("minimax_m1.cli.serve", "serve a model locally: Ray Serve engine with the gateway in front"),
     "plan": ("minimax_m1.cli.plan", "check that a tp/ep shard plan fits a model on GPUs of a given memory"),
     "train-demo": ("minimax_m1.cli.train_demo", "train the demo model on Shakespeare (CPU, about 30 min)"),
     "generate": ("minimax_m1.cli.generate", "generate text through a gateway (--stream, --json)"),

@@ -71,7 +71,8 @@ class EngineServer:
             _torch_threads(self.config.replica_cpus)
             path = self.config.model.resolve_path()
             plan = None if self.config.plan.in_process else self.config.plan.shard_plan()
-            instance = make_instance(path, self.config.engine.cache_shape(), plan)
+            extra = {} if plan is None else {"cpus_per_worker": self.config.plan.cpus_per_worker}
+            instance = make_instance(path, self.config.engine.cache_shape(), plan, **extra)
             engine = LLMEngine(instance, MiniMaxM1Tokenizer.from_pretrained(path), self.config.engine, self.model_name)
         self.engine = AsyncEngine(engine)
 

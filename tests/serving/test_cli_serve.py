@@ -1,0 +1,54 @@
+"""`minimax-m1 serve` end to end: a real subprocess with local Ray, the Serve app and the gateway;
+the SDK calls it with the key from MINIMAX_M1_API_KEY; Ctrl-C (SIGINT) stops it cleanly."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.services import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_for_line(proc, needle: str, timeout_s: float) -> list[str]:
+    lines = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"no {needle!r} from `minimax-m1 serve`; output:\n{''.join(lines)}")
+
+
+def test_serve_command_with_gateway_and_clean_shutdown(tiny_path, tmp_path):
+    from minimax_m1 import Client
+
+    port = free_port()
+    env = {**os.environ, "MINIMAX_M1_API_KEY": "mm1-test-key-0123456789", "MINIMAX_M1_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "minimax_m1.cli.main", "serve", "--model", tiny_path, "--port", str(port),
+                             "--name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = _wait_for_line(proc, "listening on", 300)
+        assert f"127.0.0.1:{port}" in lines[-1]
+        assert not any("API key for the local tenant" in l for l in lines), "a key from the environment is not printed"
+        with Client(f"127.0.0.1:{port}", api_key="mm1-test-key-0123456789", tls=False) as client:
+            result = client.generate("Hello", max_output_tokens=5, seed=1, temperature=0.5)
+            assert result.usage.output_tokens == 5
+            chunks = list(client.stream("Hello", max_output_tokens=5, seed=1, temperature=0.5))
+            assert "".join(c.text_delta for c in chunks) == result.text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
