@@ -40,7 +40,11 @@ class RayModelInstance(ModelInstance):
     def __init__(self, model_path: str | os.PathLike, plan: ShardPlan, cache_shape: CacheShape, *,
                  dtype: str | None = None, use_gpu: bool | None = None, cpus_per_worker: float = 0.1,
                  collective_timeout_s: float = 30.0, step_timeout_s: float = 120.0, health_timeout_s: float = 5.0,
-                 start_timeout_s: float = 300.0):
+                 start_timeout_s: float = 300.0, placement_group=None, first_bundle: int = 0):
+        """`placement_group`: run the workers in bundles first_bundle.. of an existing group (a Ray
+        Serve replica's, declared as `placement_group_bundles=[replica] + plan.bundles(...)` with
+        `placement_group_strategy=plan.strategy`); the instance then never creates or removes one.
+        By default it creates its own from `plan.bundles` / `plan.strategy`."""
         import ray
 
         if not ray.is_initialized():
@@ -60,6 +64,8 @@ class RayModelInstance(ModelInstance):
         self.workers: list = []  # actor handles in world-rank order
         self._serving: dict = {}  # ObjectRef of each non-leader's serve() -> rank
         self._pg = None
+        self._external_pg = placement_group
+        self._first_bundle = first_bundle if placement_group is not None else 0
         self._dead: str | None = None
         self.generation = 0  # how many times the world was formed
         self._start()
@@ -74,7 +80,9 @@ class RayModelInstance(ModelInstance):
 
         plan = self.plan
         started = time.monotonic()
-        self._pg = placement_group(plan.bundles(self.use_gpu, self.cpus_per_worker), strategy=plan.strategy)
+        self._pg = self._external_pg
+        if self._pg is None:
+            self._pg = placement_group(plan.bundles(self.use_gpu, self.cpus_per_worker), strategy=plan.strategy)
         try:
             ray.get(self._pg.ready(), timeout=self.start_timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -88,8 +96,9 @@ class RayModelInstance(ModelInstance):
                                   self.collective_timeout_s)
                 actor = ray.remote(worker_class(plan, rank)).options(
                     num_cpus=self.cpus_per_worker, num_gpus=1 if self.use_gpu else 0, max_concurrency=2,
-                    max_restarts=0, name=None,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
+                    max_restarts=0,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(
+                        self._pg, placement_group_bundle_index=self._first_bundle + rank),
                 ).remote(spec)
                 self.workers.append(actor)
             host, port = ray.get(self.workers[0].address.remote(), timeout=self.start_timeout_s)
@@ -113,7 +122,7 @@ class RayModelInstance(ModelInstance):
             except Exception:  # already gone
                 pass
         self.workers, self._serving = [], {}
-        if self._pg is not None:
+        if self._pg is not None and self._pg is not self._external_pg:
             try:
                 remove_placement_group(self._pg)
             except Exception:

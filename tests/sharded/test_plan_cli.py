@@ -1,6 +1,7 @@
 """`minimax-m1 plan`: the capacity planner on the command line (released config and a tiny checkpoint)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -44,7 +45,7 @@ def test_bad_plan_is_a_one_line_usage_error(capsys):
 def test_tiny_checkpoint_folder_and_bad_memory(tmp_path, capsys):
     from minimax_m1.model_shards.tiny import tiny_config
 
-    (tmp_path / "config.json").write_text(__import__("json").dumps(tiny_config(vocab_size=259).to_release_dict()))
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config(vocab_size=259).to_release_dict()))
     assert main(["plan", "--model", str(tmp_path), "--tp", "2", "--ep", "4", "--gpu-memory", "1GiB", "--dtype", "float32"]) == 0
     assert "plan disaggregated(tp=2, ep=4): 6 GPUs of 1.0 GiB" in capsys.readouterr().out
     assert main(["plan", "--model", str(tmp_path), "--gpu-memory", "lots"]) == 2
@@ -56,7 +57,7 @@ def test_tiny_checkpoint_folder_and_bad_memory(tmp_path, capsys):
 def test_the_installed_command_runs(tmp_path):
     from minimax_m1.model_shards.tiny import tiny_config
 
-    (tmp_path / "config.json").write_text(__import__("json").dumps(tiny_config(vocab_size=259).to_release_dict()))
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config(vocab_size=259).to_release_dict()))
     proc = subprocess.run([sys.executable, "-m", "minimax_m1.cli.main", "plan", "--model", str(tmp_path),
                            "--tp", "1", "--ep", "2", "--gpu-memory", "64KiB"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr

@@ -130,3 +130,20 @@ def test_hung_expert_worker_fails_by_the_collective_timeout(make_instance, relea
         os.kill(pid, signal.SIGCONT)
     instance.rebuild()
     assert_same_generation(greedy(instance.step, new_tokens=NEW_TOKENS), release_reference)
+
+
+def test_workers_in_a_given_placement_group(make_instance, release_ckpt, release_reference):
+    """As inside a Ray Serve replica: bundle 0 is the replica's, the workers take the rest."""
+    from ray.util import placement_group_table
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    plan = ShardPlan(1, 2)
+    group = placement_group([{"CPU": 0.1}] + plan.bundles(use_gpu=False, cpus_per_worker=0.1), strategy=plan.strategy)
+    ray.get(group.ready(), timeout=120)
+    try:
+        instance = make_instance(release_ckpt, plan, placement_group=group, first_bundle=1)
+        assert_same_generation(greedy(instance.step, new_tokens=NEW_TOKENS), release_reference)
+        instance.close()
+        assert placement_group_table(group)["state"] == "CREATED"  # the instance left it in place
+    finally:
+        remove_placement_group(group)
