@@ -1,11 +1,16 @@
-"""`minimax-m1 deploy`: install or upgrade the chart (helm upgrade --install)."""
+"""`minimax-m1 deploy`: install or upgrade the chart (helm upgrade --install).
+
+A new plan (tp, ep, placement, GPUs per worker or pod) changes the worker pod templates, so KubeRay
+brings up a new RayCluster and switches traffic once its Serve application is healthy. A new number
+of model instances alone is applied to the running RayClusters here, as `scale` does.
+"""
 from __future__ import annotations
 
 import argparse
 import pathlib
 
 from minimax_m1.cli.common import EXIT_USAGE, CliError, progress
-from minimax_m1.cli.rollout import add_cluster_arguments, find_chart, run_helm
+from minimax_m1.cli.rollout import add_cluster_arguments, find_chart, run_helm, sync_worker_groups
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,4 +51,8 @@ def run(args: argparse.Namespace) -> int:
         helm_args.append("--dry-run")
     progress(f"deploying release {args.release!r}" + (" (dry run)" if args.dry_run else ""))
     print(run_helm(args, *helm_args), end="")
+    if not args.dry_run:
+        # A changed number of model instances is not applied by KubeRay to running clusters.
+        for line in sync_worker_groups(args):
+            print(f"resized {line}")
     return 0

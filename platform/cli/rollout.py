@@ -25,6 +25,7 @@ DEFAULT_RELEASE = "minimax-m1"
 RAY_GROUP = "v1"
 RAY_API = "ray.io"
 HEAD_GROUP = "headgroup"  # KubeRay's ray.io/group label of the head pod
+PLAN_ANNOTATION = "minimax-m1.io/plan"  # on worker pod templates (helm/minimax-m1 rayservice.yaml)
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,3 +226,57 @@ def _gateway_status(deployment) -> dict[str, Any]:
 def _tools_dir() -> pathlib.Path:
     explicit = os.environ.get(TOOLS_DIR_ENV)
     return pathlib.Path(explicit) if explicit else pathlib.Path.home() / ".cache" / "minimax-m1"
+
+
+def sync_worker_groups(args: argparse.Namespace) -> list[str]:
+    """Carry the RayService's worker-group sizes into its existing RayClusters.
+
+    KubeRay reads a RayService's replicas, minReplicas and maxReplicas only when it creates a
+    RayCluster (they are left out of the spec hash, so changing them neither updates nor replaces
+    a cluster). Scaling a running release therefore patches the clusters too. With the in-tree
+    autoscaler on, it owns `replicas`: only the bounds change and replicas is clamped into them.
+    Returns one line per patched group.
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api, namespace = kube_clients(args)
+    custom = client.CustomObjectsApi(api)
+    selector = f"app.kubernetes.io/instance={args.release}"
+    try:
+        services = custom.list_namespaced_custom_object(RAY_API, RAY_GROUP, namespace, "rayservices",
+                                                        label_selector=selector)["items"]
+        if not services:
+            return []
+        rs = services[0]
+        goal = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs") or []}
+        autoscaled = bool(rs["spec"]["rayClusterConfig"].get("enableInTreeAutoscaling"))
+        changed = []
+        for cluster in custom.list_namespaced_custom_object(RAY_API, RAY_GROUP, namespace, "rayclusters")["items"]:
+            if not any(o.get("uid") == rs["metadata"]["uid"] for o in cluster["metadata"].get("ownerReferences") or []):
+                continue
+            groups = cluster["spec"].get("workerGroupSpecs") or []
+            before = len(changed)
+            for g in groups:
+                want = goal.get(g["groupName"])
+                if want is None or _plan(want) != _plan(g):
+                    continue  # a cluster of another plan: KubeRay replaces it with a new one
+                lo, hi = want.get("minReplicas", 0), want.get("maxReplicas", 0)
+                replicas = min(max(g.get("replicas", lo), lo), hi) if autoscaled else want.get("replicas", lo)
+                if (g.get("minReplicas"), g.get("maxReplicas"), g.get("replicas")) != (lo, hi, replicas):
+                    g.update(minReplicas=lo, maxReplicas=hi, replicas=replicas)
+                    changed.append(f"{cluster['metadata']['name']}/{g['groupName']}: "
+                                   f"replicas={replicas} min={lo} max={hi}")
+            if len(changed) > before:
+                # resourceVersion in the body makes this a compare-and-swap against the operator.
+                custom.replace_namespaced_custom_object(RAY_API, RAY_GROUP, namespace, "rayclusters",
+                                                        cluster["metadata"]["name"], cluster)
+    except ApiException as exc:
+        raise CliError(f"could not resize the RayClusters: {exc.status} {exc.reason}") from exc
+    return changed
+
+
+def _plan(group: dict[str, Any]) -> str | None:
+    """The plan stamp the chart puts on each worker pod template."""
+    return ((group.get("template") or {}).get("metadata") or {}).get("annotations", {}).get(PLAN_ANNOTATION)
+

@@ -1,14 +1,16 @@
 """`minimax-m1 scale`: the gateway's replicas and the number of model instances.
 
 Both go through `helm upgrade --reuse-values`, so the release stays the one record of what is
-deployed. A model instance is one Ray Serve replica; the worker groups follow from the chart.
+deployed. A model instance is one Ray Serve replica; the worker groups follow from the chart, and
+the running RayClusters are resized to match (KubeRay applies worker-group sizes only to the
+clusters it creates).
 """
 from __future__ import annotations
 
 import argparse
 
 from minimax_m1.cli.common import EXIT_USAGE, CliError, progress
-from minimax_m1.cli.rollout import add_cluster_arguments, find_chart, release_values, run_helm
+from minimax_m1.cli.rollout import add_cluster_arguments, find_chart, release_values, run_helm, sync_worker_groups
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     run_helm(args, *helm_args)
     for key, value in changes.items():
         print(f"{key}={value}")
+    if any(key.startswith("autoscaling.") for key in changes):
+        for line in sync_worker_groups(args):
+            print(f"resized {line}")
     return 0
 
 

@@ -37,6 +37,50 @@ SERVICE_CIDR = "127.102.0.0/24"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 
+RAY_HEAD_UNREADY_STAGE = """
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: ray-head-running-unready
+spec:
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+    - {key: '.metadata.deletionTimestamp', operator: DoesNotExist}
+    - {key: '.status.phase', operator: In, values: [Pending]}
+    - {key: '.metadata.labels["ray.io/node-type"]', operator: In, values: [head]}
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
+      - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: ContainersNotReady}
+      - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: ContainersNotReady}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        state:
+          running:
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      {{ with NodeIPsWith .spec.nodeName }}
+      hostIP: {{ index . 0 | Quote }}
+      {{ end }}
+      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) }}
+      podIP: {{ index . 0 | Quote }}
+      podIPs:
+      {{ range . }}
+      - ip: {{ . | Quote }}
+      {{ end }}
+      {{ end }}
+      phase: Running
+      startTime: {{ $now | Quote }}
+"""
+
+
 def kwok_stages() -> pathlib.Path:
     return tools_dir() / "kwok" / "stages.yaml"
 
@@ -126,7 +170,7 @@ class ControlPlane:
                 "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             ])
             self._start("kwok", [
-                f"--kubeconfig={self.kubeconfig}", f"--config={kwok_stages()}",
+                f"--kubeconfig={self.kubeconfig}", f"--config={self._write_kwok_stages()}",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
                 f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}",
                 f"--server-address=127.0.0.1:{free_port()}",
@@ -215,6 +259,25 @@ class ControlPlane:
         ])
         wait_until(lambda: self.check_running() or self._http_ok(f"{self.server}/readyz", token=True), 120,
                    "kube-apiserver /readyz")
+
+    def _write_kwok_stages(self) -> pathlib.Path:
+        """kwok's standard stages, except that a Ray head pod becomes Running but never Ready.
+
+        That is what a kubelet reports for a head whose readiness probe fails, and a head here
+        never runs Ray: kwok's nodes run no containers. KubeRay treats a ready head as one whose
+        dashboard answers, and a dashboard that does not answer stops its RayService reconcile
+        before upgrades; an unready head lets the reconcile go on, as on a real cluster while Ray
+        starts.
+        """
+        stages = [s for s in yaml.safe_load_all(kwok_stages().read_text()) if s]
+        not_head = {"key": '.metadata.labels["ray.io/node-type"]', "operator": "NotIn", "values": ["head"]}
+        for stage in stages:
+            if stage["metadata"]["name"] == "pod-ready":
+                stage["spec"]["selector"]["matchExpressions"].append(not_head)
+        stages.append(yaml.safe_load(RAY_HEAD_UNREADY_STAGE))
+        path = self.dir / "kwok-stages.yaml"
+        path.write_text(yaml.safe_dump_all(stages))
+        return path
 
     @property
     def server(self) -> str:

@@ -3,9 +3,11 @@ kube-scheduler, kwok fake GPU nodes and the real KubeRay operator, driven throug
 `minimax-m1 deploy/status/scale` commands and helm.
 
 kwok's nodes run no containers (a stand-in for the GPU machines this host does not have), so Ray
-never starts: the RayService stays without a ready Serve application, and its RayCluster stays the
-*pending* one. Everything up to that point is real: the objects, the operator's pods and their
-GPU requests, and the scheduler's placement onto nodes that advertise nvidia.com/gpu.
+never starts: Ray head pods are Running but not Ready (see harness.RAY_HEAD_UNREADY_STAGE), the
+RayService never gets a ready Serve application, and its RayCluster stays the *pending* one.
+Everything up to that point is real: the objects, the operator's pods and their GPU requests, the
+scheduler's placement onto nodes that advertise nvidia.com/gpu, KubeRay's cluster replacement on
+a new plan, and garbage collection on uninstall.
 
 The tests run in file order and share one release.
 """
@@ -74,12 +76,12 @@ def groups_of(pods) -> dict[str, list]:
     return out
 
 
-def wait_for_cluster_pods(cp, kube, expected: dict[str, int]) -> tuple[dict, dict[str, list]]:
-    """The one RayCluster of the release, once its pods per group are `expected`, all running
-    and bound to a node."""
+def wait_for_cluster_pods(cp, kube, expected: dict[str, int], replacing: str | None = None) -> tuple[dict, dict[str, list]]:
+    """The one RayCluster of the release (not `replacing`), once its pods per group are
+    `expected`, all running and bound to a node."""
     def settled():
         clusters = rayclusters(kube)
-        if len(clusters) != 1:
+        if len(clusters) != 1 or clusters[0]["metadata"]["name"] == replacing:
             return None
         groups = groups_of(ray_pods(kube, clusters[0]["metadata"]["name"]))
         counts = {g: len(p) for g, p in groups.items()}
@@ -169,7 +171,8 @@ def test_status_reports_what_is_there(cluster, kube, capsys):
     assert "Ready" in types
     assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "False"
     groups = {g["name"]: g for g in status["groups"]}
-    assert groups["head"]["pods"] == 1 and groups["head"]["gpus_per_pod"] == [0]
+    assert (groups["head"]["pods"], groups["head"]["running"], groups["head"]["ready"]) == (1, 1, 0)
+    assert groups["head"]["gpus_per_pod"] == [0]
     assert (groups["attention"]["pods"], groups["attention"]["desired"], groups["attention"]["gpus_per_pod"]) == (1, 1, [4])
     assert (groups["experts"]["pods"], groups["experts"]["running"], groups["experts"]["gpus_per_pod"]) == (2, 2, [4, 4])
     assert status["gateway"]["ready"] == 1 and status["gateway"]["replicas"] == 1
@@ -212,10 +215,12 @@ def test_upgrade_to_a_new_plan_replaces_the_cluster(cluster, kube, capsys):
     assert code == 0, err
     rs = rayservice(kube)
     assert yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["plan"]["tp"] == 8
-    new, groups = wait_for_cluster_pods(cluster, kube, {"headgroup": 1, "attention": 4, "experts": 4})
-    # KubeRay rolls a changed cluster spec out as a new RayCluster and drops the old one.
-    assert new["metadata"]["name"] != old_name
+    # The plan is stamped on the worker pod templates, so KubeRay rolls it out as a new
+    # RayCluster (two instances x two attention pods) and drops the old one.
+    new, groups = wait_for_cluster_pods(cluster, kube, {"headgroup": 1, "attention": 4, "experts": 4},
+                                        replacing=old_name)
     assert_gpu_placement(kube, groups, gpus_per_pod=4)
+    assert "tp=8 ep=8" in new["spec"]["workerGroupSpecs"][0]["template"]["metadata"]["annotations"]["minimax-m1.io/plan"]
     wait_until(lambda: not ray_pods(kube, old_name), WAIT_S, f"the pods of {old_name} to go")
     code, out, _ = run_cli(capsys, "status", "--release", RELEASE, "-n", NAMESPACE, "--json")
     assert json.loads(out)["clusters"] == [new["metadata"]["name"]]
