@@ -10,7 +10,7 @@ import argparse
 import pathlib
 
 from minimax_m1.cli.common import EXIT_USAGE, CliError, progress
-from minimax_m1.cli.rollout import add_cluster_arguments, find_chart, run_helm, sync_worker_groups
+from minimax_m1.cli.rollout import add_cluster_arguments, find_chart, find_helm, run_helm, sync_worker_groups
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     for s in args.set:
         if "=" not in s:
             raise CliError(f"--set {s!r}: expected KEY=VALUE", EXIT_USAGE)
+    find_helm(args.helm)  # before any output
     helm_args = ["upgrade", args.release, find_chart(args.chart), "--install"]
     for f in args.values:
         helm_args += ["--values", f]
