@@ -11,8 +11,10 @@ The hook points in the engine:
   `engine.queue` ends when a request is first scheduled, each prefill chunk is an
   `engine.prefill` span, the decode steps form one `engine.decode` span, a preemption is an
   `engine.preemption` event (and the request queues again); expert counts feed the load metrics;
-- `wants_routing()` asks the engine to collect expert counts this step (every
-  `expert_load_every` steps; 1 = every step, so the load counter is exact);
+- `wants_routing()` asks the engine to collect expert counts this step, every `expert_load_every`
+  steps (collecting costs the model a little per step). The load counter adds the counts of those
+  sampled steps times `expert_load_every`, an unbiased estimate; 1 makes it exact. Steps that
+  collect routing for a request's own routing log are not counted unless sampled.
 - `on_instance_failure(exc)` counts a model-instance restart.
 
 Span timestamps are wall-clock ns (time.time_ns), as OpenTelemetry wants.
@@ -103,6 +105,7 @@ class EngineTelemetry:
         self._record_prompts = config.record_prompts
         self._every = config.expert_load_every if self.enabled else 0
         self._step_no = 0
+        self._sampled = False  # this step's expert counts feed the load metrics
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._load = torch.zeros(num_layers, num_experts, dtype=torch.int64)  # [L, E] since start
@@ -115,17 +118,18 @@ class EngineTelemetry:
         if not self._every:
             return False
         self._step_no += 1
-        return self._step_no % self._every == 0
+        self._sampled = self._step_no % self._every == 0
+        return self._sampled
 
     def on_step(self, batch, outputs, expert_counts, started_ns: int) -> None:
         """After a step: `batch` as scheduled, its outputs, expert counts [S, L, E] (or None)."""
         if not self.enabled:
             return
         ended_ns = time.time_ns()
-        if expert_counts is not None:
+        if expert_counts is not None and self._sampled:
             step = expert_counts.sum(0)  # [L, E]
             with self._lock:
-                self._load += step
+                self._load.add_(step, alpha=self._every)
                 self._recent.mul_(_IMBALANCE_DECAY).add_(step)
         if not self._live:
             return

@@ -65,6 +65,14 @@ def memory_telemetry():
     mt.telemetry.shutdown()
 
 
+@pytest.fixture
+def exact_telemetry():
+    """Expert routing collected on every step, so the load counter is exact."""
+    mt = make_memory_telemetry(expert_load_every=1)
+    yield mt
+    mt.telemetry.shutdown()
+
+
 @dataclass
 class Stack:
     """The engine (EngineServer on grpc.aio) and a real gateway in front of it, in this process."""

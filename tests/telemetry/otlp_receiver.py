@@ -125,3 +125,21 @@ class OtlpReceiver:
                 return result
             time.sleep(0.1)
         raise AssertionError(f"OTLP receiver did not get {what} within {timeout_s} s")
+
+
+def main() -> None:
+    """`python tests/telemetry/otlp_receiver.py`: a receiver process for benchmarks. Prints
+    `otlp receiver <port>`; on SIGTERM prints `received <spans> spans, <n> metric exports`."""
+    import signal
+
+    receiver = OtlpReceiver().start()
+    print(f"otlp receiver {receiver.port}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    done.wait()
+    receiver.stop()
+    print(f"received {len(receiver.spans())} spans, {len(receiver.metric_requests)} metric exports", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,12 +24,25 @@ from tests.services import free_port, wait_for_port
 ENGINE = {"max_num_seqs": 4, "max_batch_tokens": 32, "prefill_chunk_size": 8, "kv_block_size": 4, "num_kv_blocks": 24}
 
 
-def _env(otlp_endpoint: str, metrics_port: int, pod: str, service: str) -> dict[str, str]:
-    return {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "MINIMAX_M1_METRICS_PORT": str(metrics_port), "MINIMAX_M1_METRICS_HOST": "127.0.0.1",
-            "POD_NAME": pod, "OTEL_SERVICE_NAME": service, "MINIMAX_M1_LOG_LEVEL": "WARNING",
-            "OMP_NUM_THREADS": "1"}
+_TELEMETRY_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "MINIMAX_M1_METRICS_PORT")
+
+
+# Tests want exports within a second; a deployment keeps the OpenTelemetry defaults (10 s, 5 s).
+FAST_EXPORT = {"OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+
+
+def _env(otlp_endpoint: str | None, metrics_port: int | None, pod: str, service: str,
+         fast_export: bool = True) -> dict[str, str]:
+    """The process environment; no OTLP endpoint and no metrics port means telemetry stays off."""
+    env = {k: v for k, v in os.environ.items() if k not in _TELEMETRY_ENV and k not in FAST_EXPORT}
+    env.update({"POD_NAME": pod, "OTEL_SERVICE_NAME": service, "MINIMAX_M1_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true", "MINIMAX_M1_METRICS_HOST": "127.0.0.1",
+                **(FAST_EXPORT if fast_export else {})})
+    if otlp_endpoint:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
+    if metrics_port is not None:
+        env["MINIMAX_M1_METRICS_PORT"] = str(metrics_port)
+    return env
 
 
 def _wait_line(proc: subprocess.Popen, marker: str, what: str) -> str:
@@ -68,7 +81,11 @@ async def _create_keys(database: str, tenants: tuple[str, ...]) -> dict[str, str
 class PlatformProcesses:
     model_path: str
     tmp: str
-    otlp_endpoint: str
+    otlp_endpoint: str | None  # None and telemetry=False: both processes run without telemetry
+    telemetry: bool = True
+    engine: dict = field(default_factory=lambda: dict(ENGINE))
+    quotas: dict = field(default_factory=lambda: {"tenants": {"limited": {"requests_per_minute": 2}}})
+    fast_export: bool = True
     engine_port: int = 0
     engine_metrics_port: int = 0
     gateway_port: int = 0
@@ -86,35 +103,41 @@ class PlatformProcesses:
         return self
 
     def _start_engine(self) -> None:
-        self.engine_port, self.engine_metrics_port = free_port(), free_port()
+        self.engine_port = free_port()
+        self.engine_metrics_port = free_port() if self.telemetry else 0
         proc = subprocess.Popen(
             [sys.executable, os.path.join(REPO_ROOT, "tests", "telemetry", "engine_service.py"), "--model",
-             self.model_path, "--port", str(self.engine_port), "--engine", json.dumps(ENGINE)], cwd=REPO_ROOT,
-            env=_env(self.otlp_endpoint, self.engine_metrics_port, "engine-0", "minimax-m1-engine"),
+             self.model_path, "--port", str(self.engine_port), "--engine", json.dumps(self.engine)], cwd=REPO_ROOT,
+            env=_env(self.otlp_endpoint, self.engine_metrics_port or None, "engine-0", "minimax-m1-engine",
+                     self.fast_export),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._procs.append(proc)
         _wait_line(proc, "engine ready", "the engine process")
-        wait_for_port("127.0.0.1", self.engine_metrics_port, proc=proc)
+        if self.telemetry:
+            wait_for_port("127.0.0.1", self.engine_metrics_port, proc=proc)
 
     def _start_gateway(self) -> None:
         database = f"sqlite:///{os.path.join(self.tmp, 'gateway.sqlite3')}"
         self.keys = asyncio.run(_create_keys(database, ("acme", "limited")))
-        self.gateway_port, self.gateway_metrics_port = free_port(), free_port()
+        self.gateway_port = free_port()
+        self.gateway_metrics_port = free_port() if self.telemetry else 0
         config = {"host": "127.0.0.1", "port": self.gateway_port,
-                  "upstream": {"target": f"127.0.0.1:{self.engine_port}"},
-                  "quotas": {"tenants": {"limited": {"requests_per_minute": 2}}},
+                  "upstream": {"target": f"127.0.0.1:{self.engine_port}"}, "quotas": self.quotas,
                   "billing": {"database": database, "outbox_poll_s": 0.1,
                               "hooks": [{"kind": "otel_metrics", "name": "otel_metrics"}]}}
         path = os.path.join(self.tmp, "gateway.json")
         with open(path, "w") as f:
             json.dump(config, f)
+        metrics = ["--metrics-port", str(self.gateway_metrics_port)] if self.telemetry else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "minimax_m1.gateway", "--config", path, "--metrics-port", str(self.gateway_metrics_port)],
-            cwd=REPO_ROOT, env=_env(self.otlp_endpoint, self.gateway_metrics_port, "gateway-0", "minimax-m1-gateway"),
+            [sys.executable, "-m", "minimax_m1.gateway", "--config", path, *metrics], cwd=REPO_ROOT,
+            env=_env(self.otlp_endpoint, self.gateway_metrics_port or None, "gateway-0", "minimax-m1-gateway",
+                     self.fast_export),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._procs.append(proc)
         _wait_line(proc, "gateway listening", "the gateway process")
-        wait_for_port("127.0.0.1", self.gateway_metrics_port, proc=proc)
+        if self.telemetry:
+            wait_for_port("127.0.0.1", self.gateway_metrics_port, proc=proc)
 
     def stop(self) -> None:
         for proc in reversed(self._procs):

@@ -49,7 +49,8 @@ async def wait_until(predicate, timeout_s: float = 10.0):
 
 
 @pytest.mark.parametrize("method", ["GenerateStream", "Generate"])
-async def test_request_makes_one_trace_gateway_then_engine(memory_telemetry, make_stack, method):
+async def test_request_makes_one_trace_gateway_then_engine(exact_telemetry, make_stack, method):
+    memory_telemetry = exact_telemetry
     stack = await make_stack()
     client = stack.client("acme")
     if method == "Generate":

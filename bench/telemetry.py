@@ -1,0 +1,170 @@
+"""Throughput with telemetry on against off, in one run (target: on / off >= 0.97).
+
+    .venv/bin/python bench/telemetry.py [--rounds 4] [--duration 8] [--concurrency 4] [--model PATH]
+
+Two copies of the platform run as processes, as in a cluster: an engine (the Engine deployment's
+class on gRPC; in-process model instance) and a gateway (`python -m minimax_m1.gateway`, quotas and
+the SQLite ledger on) in front of it.
+- "on": both with telemetry as deployed: spans through a batch processor to OTLP/gRPC (a real
+  receiver, tests/telemetry/otlp_receiver.py, in its own process), metrics pushed over OTLP and served on a Prometheus endpoint, with
+  the OpenTelemetry default intervals (metrics every 10 s, spans batched every 5 s) and a scrape
+  every --scrape-interval seconds (the chart's monitors use 30 s); expert load collected every step;
+- "off": the same processes without telemetry (no OTLP endpoint, no metrics port).
+The load is --concurrency streaming callers (this process), 32 output tokens per request, in
+rounds of --duration seconds; each round runs both sides, in alternating order (off-on, on-off,
+...), so drift hits both alike. Reported: output tokens/s per round, the medians and their ratio
+on / off (the target), and the CPU seconds the engine and gateway processes spent per 1000 output
+tokens on each side, whose inverse ratio is what a machine with idle cores would show.
+
+The model defaults to a tiny random checkpoint, whose steps take about a millisecond: per-step
+telemetry costs weigh far more there than on a real model, so the ratio is a lower bound.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # for tests.telemetry's process harness and OTLP receiver
+
+import grpc  # noqa: E402
+
+from minimax_m1._generated import generation_pb2 as pb  # noqa: E402
+from minimax_m1._generated import generation_pb2_grpc as pb_grpc  # noqa: E402
+from tests.telemetry.platform_processes import PlatformProcesses  # noqa: E402
+
+ENGINE = {"max_num_seqs": 8, "max_batch_tokens": 256, "prefill_chunk_size": 64, "kv_block_size": 16,
+          "num_kv_blocks": 512}
+NO_LIMITS = {"default": {"requests_per_minute": 0}}
+OUTPUT_TOKENS = 32
+
+
+async def _caller(stub, metadata, stop_at: float, counts: list[int], i: int) -> None:
+    n = 0
+    while time.monotonic() < stop_at:
+        n += 1
+        req = pb.GenerateRequest(input=f"benchmark prompt {i} {n}: the quick brown fox jumps", max_output_tokens=OUTPUT_TOKENS)
+        call = stub.GenerateStream(req, metadata=metadata, timeout=120)
+        last = None
+        while (msg := await call.read()) is not grpc.aio.EOF:
+            last = msg
+        counts[0] += last.usage.output_tokens if last is not None else 0
+
+
+def _cpu_s(platform: PlatformProcesses) -> list[float]:
+    """User + system CPU seconds of each platform process so far (engine, gateway; Linux /proc)."""
+    out = []
+    for proc in platform._procs:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))  # utime + stime
+    return out
+
+
+async def _round(platform: PlatformProcesses, duration: float, concurrency: int) -> tuple[float, list[float]]:
+    """(output tokens/s, [engine, gateway] CPU s per 1000 output tokens)."""
+    metadata = (("authorization", f"Bearer {platform.keys['acme']}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.gateway_port}") as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        await stub.GenerateStream(pb.GenerateRequest(input="warm up", max_output_tokens=2), metadata=metadata).read()
+        counts = [0]
+        cpu0, started = _cpu_s(platform), time.monotonic()
+        await asyncio.gather(*[_caller(stub, metadata, started + duration, counts, i) for i in range(concurrency)])
+        elapsed, cpu1 = time.monotonic() - started, _cpu_s(platform)
+        return counts[0] / elapsed, [1000.0 * (b - a) / max(counts[0], 1) for a, b in zip(cpu0, cpu1)]
+
+
+class Scraper:
+    """Scrapes the Prometheus endpoints every `interval_s` while running, like a Prometheus would."""
+
+    def __init__(self, ports: list[int], interval_s: float):
+        self.ports, self.interval_s = ports, interval_s
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            for port in self.ports:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+                self.scrapes += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=8, help="rounds; each runs both sides")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per side per round")
+    p.add_argument("--concurrency", type=int, default=4, help="concurrent streaming callers")
+    p.add_argument("--model", help="checkpoint folder (default: a tiny random checkpoint)")
+    p.add_argument("--scrape-interval", type=float, default=15.0, help="seconds between Prometheus scrapes")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp:
+        model = args.model
+        if model is None:
+            from minimax_m1.model_shards.tiny import make_checkpoint
+
+            model = os.path.join(tmp, "tiny")
+            make_checkpoint(model, seed=0)
+        receiver = subprocess.Popen([sys.executable, str(REPO / "tests" / "telemetry" / "otlp_receiver.py")],
+                                    stdout=subprocess.PIPE, text=True)
+        endpoint = f"http://127.0.0.1:{receiver.stdout.readline().split()[-1]}"
+        on = PlatformProcesses(model, os.path.join(tmp, "on"), endpoint, True, ENGINE, NO_LIMITS,
+                               fast_export=False)
+        off = PlatformProcesses(model, os.path.join(tmp, "off"), None, False, ENGINE, NO_LIMITS)
+        os.makedirs(on.tmp), os.makedirs(off.tmp)
+        results: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, list[list[float]]] = {"off": [], "on": []}
+        try:
+            on.start()
+            off.start()
+            with Scraper([on.gateway_metrics_port, on.engine_metrics_port], args.scrape_interval) as scraper:
+                for r in range(args.rounds):
+                    sides = (("off", off), ("on", on)) if r % 2 == 0 else (("on", on), ("off", off))
+                    for name, platform in sides:
+                        tps, cpu_per_k = asyncio.run(_round(platform, args.duration, args.concurrency))
+                        results[name].append(tps)
+                        cpu[name].append(cpu_per_k)
+                        print(f"round {r + 1} {name:>3}: {tps:8.1f} output tokens/s; CPU s / 1000 tokens: engine "
+                              f"{cpu_per_k[0]:.3f}, gateway {cpu_per_k[1]:.3f}", flush=True)
+        finally:
+            on.stop()
+            off.stop()
+            receiver.terminate()
+            received = receiver.stdout.read().strip()
+            receiver.wait(30)
+    off_med, on_med = statistics.median(results["off"]), statistics.median(results["on"])
+    ratio = on_med / off_med
+    print(f"\ncpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}; "
+          f"{args.concurrency} streaming callers x {OUTPUT_TOKENS} output tokens, {args.rounds} x {args.duration:.0f} s per side")
+    print(f"telemetry on: OTLP receiver {received}; {scraper.scrapes} Prometheus scrapes")
+    print(f"throughput off (baseline): {off_med:.1f} output tokens/s (median)")
+    print(f"throughput on:             {on_med:.1f} output tokens/s (median)")
+    med = {side: [statistics.median(c[i] for c in cpu[side]) for i in range(2)] for side in cpu}
+    cpu_off, cpu_on = sum(med["off"]), sum(med["on"])
+    print(f"CPU s per 1000 output tokens, engine / gateway: off {med['off'][0]:.3f} / {med['off'][1]:.3f}, "
+          f"on {med['on'][0]:.3f} / {med['on'][1]:.3f}; CPU-bound throughput ratio (off CPU / on CPU) "
+          f"{cpu_off / cpu_on:.3f}")
+    print(f"ratio on / off: {ratio:.3f} (target >= 0.97) {'PASS' if ratio >= 0.97 else 'BELOW TARGET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
