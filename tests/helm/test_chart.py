@@ -295,6 +295,14 @@ def test_gateway_config_with_secrets_loads_in_the_gateway(tmp_path):
     webhook = next(h for h in loaded.billing.hooks if h.kind == "webhook")
     assert webhook.url == "https://billing.example.com/usage"
     assert dict(webhook.headers) == {"authorization": "Bearer t0k"}
+    # And the gateway process accepts the container's command line with that file.
+    gateway_main = pytest.importorskip("minimax_m1.gateway.__main__")
+    [container] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    argv = [str(tmp_path / "run" / "gateway.json") if a == "/run/minimax-m1/gateway.json" else a
+            for a in container["args"]]
+    args = gateway_main.build_parser().parse_args(argv)
+    assert args.metrics_port == 9464
+    assert gateway_main.config_from_args(args) == loaded
 
 
 def test_demo_gateway_config_loads_with_the_embedded_defaults(tmp_path):
