@@ -105,7 +105,10 @@ class RayModelInstance(ModelInstance):
             ray.get([w.join.remote(host, port) for w in self.workers], timeout=self.start_timeout_s)
             ray.get([w.load.remote() for w in self.workers], timeout=self.start_timeout_s)
             self._serving = {w.serve.remote(): rank for rank, w in enumerate(self.workers) if rank != 0}
-        except Exception:
+        except ray.exceptions.RayError as exc:  # a worker could not start, join or load its shard
+            self._teardown()
+            raise RuntimeError(f"could not form model instance {plan}: {_first_line(exc)}") from exc
+        except BaseException:
             self._teardown()
             raise
         self._dead = None

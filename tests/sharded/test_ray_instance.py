@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -148,3 +149,23 @@ def test_workers_in_a_given_placement_group(make_instance, release_ckpt, release
         assert placement_group_table(group)["state"] == "CREATED"  # the instance left it in place
     finally:
         remove_placement_group(group)
+
+
+def test_bad_plan_and_bad_shard_fail_with_one_line(make_instance, release_ckpt, tmp_path):
+    import shutil
+
+    from minimax_m1.model_shards.shard_plan import PlanError
+
+    with pytest.raises(PlanError, match=r"tp=3 does not divide the 4 attention heads"):
+        make_instance(release_ckpt, ShardPlan(3, 1))
+    broken = tmp_path / "broken"
+    shutil.copytree(release_ckpt, broken)
+    victim = sorted(broken.glob("*.safetensors"))[-1]  # holds experts of the last layers
+    victim.write_bytes(victim.read_bytes()[:-64])
+    with pytest.raises(RuntimeError, match=rf"could not form model instance .*{victim.name} is truncated"):
+        make_instance(str(broken), ShardPlan(1, 2))
+    for _ in range(100):  # resources come back asynchronously once the group is removed
+        if ray.available_resources().get("CPU", 0) >= 3.9:
+            break
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) >= 3.9  # no worker or bundle left behind
