@@ -21,6 +21,7 @@ Span timestamps are wall-clock ns (time.time_ns), as OpenTelemetry wants.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import weakref
@@ -272,8 +273,6 @@ class EngineTelemetry:
 
 
 def _error_type(error: BaseException | None) -> str | None:
-    import asyncio
-
     if error is None:
         return None
     if isinstance(error, (GeneratorExit, asyncio.CancelledError)):

@@ -33,15 +33,19 @@ _TRACED_PREFIX = f"/{SERVICE}/"
 _SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 
 
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
 def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    """The call's status code name, from what the handler set (abort) or how it ended."""
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         return "CANCELLED"
     code = context.code()
-    if code is None or code == 0:
-        return "OK" if exc is None else "UNKNOWN"
     if isinstance(code, grpc.StatusCode):
-        return code.name
-    return grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == code)).name
+        code = code.value[0]
+    if not code:
+        return "OK" if exc is None else "UNKNOWN"
+    return _CODE_NAMES.get(code, "UNKNOWN")
 
 
 class GatewayTelemetry:

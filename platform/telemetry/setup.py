@@ -123,19 +123,9 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-    resource = Resource.create(config.resource_attributes())
-    tracer_provider = TracerProvider(resource=resource)
     readers = list(metric_readers)
-    exporters = list(span_exporters)
-    if config.otlp_endpoint:
-        span_exporter, metric_exporter = _otlp_exporters(config)
-        exporters.append(span_exporter)
-        readers.append(PeriodicExportingMetricReader(metric_exporter, config.metric_export_interval_ms))
-    for exporter in exporters:
-        processor = SimpleSpanProcessor(exporter) if simple_spans else BatchSpanProcessor(exporter)
-        tracer_provider.add_span_processor(processor)
     http, port = None, None
-    if config.prometheus_port is not None:
+    if config.prometheus_port is not None:  # first: a taken port fails before anything else starts
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import CollectorRegistry
 
@@ -144,6 +134,16 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
                                               resource_attribute_filter=_PROMETHEUS_RESOURCE_LABELS.__contains__))
         http, port = _start_prometheus(config, registry)
         log.info("Prometheus metrics on %s:%d/metrics", config.prometheus_host, port)
+    resource = Resource.create(config.resource_attributes())
+    tracer_provider = TracerProvider(resource=resource)
+    exporters = list(span_exporters)
+    if config.otlp_endpoint:
+        span_exporter, metric_exporter = _otlp_exporters(config)
+        exporters.append(span_exporter)
+        readers.append(PeriodicExportingMetricReader(metric_exporter, config.metric_export_interval_ms))
+    for exporter in exporters:
+        processor = SimpleSpanProcessor(exporter) if simple_spans else BatchSpanProcessor(exporter)
+        tracer_provider.add_span_processor(processor)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     telemetry = Telemetry(config, tracer_provider, meter_provider, prometheus_port=port, _http=http)
     if install_as_current:
