@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 from minimax_m1.engine.instance import CacheShape, InstanceDeadError, ModelInstance, StepRequest, StepResult
@@ -269,6 +270,7 @@ def _first_line(exc: BaseException) -> str:
     text = str(cause) if cause is not None else str(exc)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[-1] if lines else exc.__class__.__name__
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # gloo's "[.../pair.cc:545] " source location
     return line.split(". ")[0]
 
 
