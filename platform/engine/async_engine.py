@@ -148,16 +148,26 @@ class AsyncEngine:
             self._deliver([RequestOutput(seq.request_id, "", [], len(seq.prompt_ids), 0, 0, FinishReason.ERROR, error=exc)])
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
+        # One wake-up per event loop per step, not one per output: the loop thread competes with
+        # this one for the GIL, and every callback it runs delays the next step.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
         for out in outputs:
             stream = self._streams.get(out.request_id)
             if stream is not None:
-                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
+                by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
 
     def _fail_all(self, error: Exception) -> None:
         for request_id in list(self._streams):
             out = self.engine.abort(request_id, FinishReason.ERROR, error)
             if out is not None:
                 self._deliver([out])
+
+
+def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for queue_, out in items:
+        queue_.put_nowait(out)
 
 
 def _resolve(future: asyncio.Future, value) -> None:

@@ -190,27 +190,48 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        request = self._step_request(batch)
         try:
-            result = self.instance.step(request)
+            logits, counts = self._run(batch)
         except Exception as exc:  # a lost worker, or a broken cache: nothing in flight can continue
             log.exception("model instance step failed; the engine is dead")
             return self._die(exc)
         self._num_steps += 1
-        return self._postprocess(batch, result.logits, result.expert_counts)
+        return self._postprocess(batch, logits, counts)
 
-    def _step_request(self, batch: ScheduledBatch) -> StepRequest:
+    def _run(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decodes and prefill chunks go to the instance as separate passes: a batch in which any
+        sequence adds several tokens sends every sequence down the (much slower) prefill path of
+        the lightning and softmax layers. Returns logits [S, V] and counts [S, L, E] in batch order."""
+        seqs, lens = batch.seqs, batch.num_new_tokens
+        collect = any(s.routing is not None or s.params.expert_threshold is not None for s in seqs)
+        decode = [i for i, (s, n) in enumerate(zip(seqs, lens)) if n == 1 and s.num_computed > 0]
+        if len(decode) in (0, len(seqs)):
+            result = self.instance.step(self._step_request(seqs, lens, collect))
+            return result.logits, result.expert_counts
+        in_decode = set(decode)
+        parts = [decode, [i for i in range(len(seqs)) if i not in in_decode]]
+        logits = counts = None
+        for part in parts:
+            result = self.instance.step(self._step_request([seqs[i] for i in part], [lens[i] for i in part], collect))
+            if logits is None:
+                logits = torch.empty(len(seqs), result.logits.shape[-1], dtype=result.logits.dtype)
+            logits[part] = result.logits
+            if result.expert_counts is not None:
+                if counts is None:
+                    counts = torch.zeros(len(seqs), *result.expert_counts.shape[1:], dtype=result.expert_counts.dtype)
+                counts[part] = result.expert_counts
+        return logits, counts
+
+    def _step_request(self, seqs: list[Sequence], lens: list[int], collect: bool) -> StepRequest:
         token_ids: list[int] = []
         starts, thresholds = [], []
-        collect = False
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(seqs, lens):
             token_ids += seq.token_slice(seq.num_computed, seq.num_computed + n)
             starts.append(seq.num_computed)
             thresholds.append(seq.expert_threshold_value)
-            collect |= seq.routing is not None or seq.params.expert_threshold is not None
         any_threshold = any(not math.isnan(t) for t in thresholds)
-        return StepRequest(token_ids, list(batch.num_new_tokens), starts, [s.slot for s in batch.seqs],
-                           [list(s.blocks) for s in batch.seqs], thresholds if any_threshold else None, collect)
+        return StepRequest(token_ids, list(lens), starts, [s.slot for s in seqs], [list(s.blocks) for s in seqs],
+                           thresholds if any_threshold else None, collect)
 
     def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor, counts: torch.Tensor | None) -> list[RequestOutput]:
         to_sample: list[int] = []

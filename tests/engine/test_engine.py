@@ -95,7 +95,7 @@ def test_limits_hold_every_step(make_engine, tokenizer):
         assert len(batch.seqs) <= 3 and batch.num_tokens <= 10
         assert all(n <= 4 for n in batch.num_new_tokens)
         admitted += [s.request_id for s in batch.seqs if s.request_id not in admitted]
-        engine._postprocess(batch, engine.instance.step(engine._step_request(batch)).logits, None)
+        engine._postprocess(batch, *engine._run(batch))
     assert admitted == [f"r{i}" for i in range(6)], "admission must be first come, first served"
 
 
