@@ -43,34 +43,39 @@ def serving_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minimax_m1.serving.config import ServingConfig
-
-    try:
-        ServingConfig.from_args(serving_args(args))  # fail fast on a bad --model before Ray starts
-        if args.model is not None:
-            ServingConfig.from_args(serving_args(args)).model.resolve_path()
-    except ValueError as exc:
-        raise CliError(str(exc), exit_code=2) from None
-    return asyncio.run(_serve(args))
-
-
-async def _serve(args: argparse.Namespace) -> int:
     import os
 
-    from minimax_m1.gateway.config import GatewayConfig, UpstreamConfig, env_api_key
-    from minimax_m1.gateway.keys import ensure_local_key
-    from minimax_m1.gateway.server import start_gateway
-    from minimax_m1.serving.local import APP_NAME, LocalServe
+    from minimax_m1.serving.config import ServingConfig
+    from minimax_m1.serving.local import LocalServe
 
-    loop = asyncio.get_running_loop()
+    try:  # fail fast on a bad --model or plan, before Ray starts
+        config = ServingConfig.from_args(serving_args(args))
+        if args.model is not None:
+            config.model.resolve_path()
+    except ValueError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+
     progress("starting Ray and the engine (loading the model) ...")
     # Logical CPUs: the replica and its CPU workers share the cores; Ray only counts them.
     num_cpus = max(os.cpu_count() or 1, 4)
     try:
-        cluster = await loop.run_in_executor(None, lambda: LocalServe.start(
-            serving_args(args), grpc_port=_free_port(), http_port=_free_port(), num_cpus=num_cpus))
+        cluster = LocalServe.start(serving_args(args), grpc_port=_free_port(), http_port=_free_port(), num_cpus=num_cpus)
     except (RuntimeError, TimeoutError, ValueError) as exc:
         raise CliError(f"the engine did not start: {exc}") from None
+    try:
+        return asyncio.run(_serve(args, cluster))
+    finally:
+        cluster.stop()
+        progress("stopped")
+
+
+async def _serve(args: argparse.Namespace, cluster) -> int:
+    from minimax_m1.gateway.config import GatewayConfig, UpstreamConfig, env_api_key
+    from minimax_m1.gateway.keys import ensure_local_key
+    from minimax_m1.gateway.server import start_gateway
+    from minimax_m1.serving.local import APP_NAME
+
+    loop = asyncio.get_running_loop()
     gateway = None
     try:
         # ---- the gateway in front of the Serve gRPC ingress (minimax_m1.gateway) ----
@@ -96,8 +101,6 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         if gateway is not None:
             await gateway.stop(grace=5.0)
-        await loop.run_in_executor(None, cluster.stop)
-    progress("stopped")
     return 0
 
 
