@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -121,6 +122,9 @@ class LLMEngine:
         self._arrivals = itertools.count()
         self._num_steps = 0
         self.dead: EngineDeadError | None = None
+        # Told about every step (minimax_m1.telemetry.engine.EngineTelemetry): wants_routing(),
+        # on_step(batch, outputs, expert_counts, started_ns), on_instance_failure(exc).
+        self.observer = None
         mc = self.model_config
         self._eos = frozenset(mc.eos_token_id)
         self._moe_layers = mc.num_hidden_layers
@@ -190,20 +194,27 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        observer = self.observer
+        started_ns = time.time_ns()
         try:
-            logits, counts = self._run(batch)
+            logits, counts = self._run(batch, observer is not None and observer.wants_routing())
         except Exception as exc:  # a lost worker, or a broken cache: nothing in flight can continue
             log.exception("model instance step failed; the engine is dead")
+            if observer is not None:
+                observer.on_instance_failure(exc)
             return self._die(exc)
         self._num_steps += 1
-        return self._postprocess(batch, logits, counts)
+        outputs = self._postprocess(batch, logits, counts)
+        if observer is not None:
+            observer.on_step(batch, outputs, counts, started_ns)
+        return outputs
 
-    def _run(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, batch: ScheduledBatch, collect: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decodes and prefill chunks go to the instance as separate passes: a batch in which any
         sequence adds several tokens sends every sequence down the (much slower) prefill path of
         the lightning and softmax layers. Returns logits [S, V] and counts [S, L, E] in batch order."""
         seqs, lens = batch.seqs, batch.num_new_tokens
-        collect = any(s.routing is not None or s.params.expert_threshold is not None for s in seqs)
+        collect = collect or any(s.routing is not None or s.params.expert_threshold is not None for s in seqs)
         decode = [i for i, (s, n) in enumerate(zip(seqs, lens)) if n == 1 and s.num_computed > 0]
         if len(decode) in (0, len(seqs)):
             result = self.instance.step(self._step_request(seqs, lens, collect))

@@ -57,6 +57,16 @@ def _torch_threads(replica_cpus: float) -> int:
     return n
 
 
+def _instrument(engine, model_name: str):
+    """Telemetry from the replica's environment (docs/telemetry.md); None without the package."""
+    try:
+        from minimax_m1.telemetry import ensure_telemetry
+        from minimax_m1.telemetry.engine import instrument_engine
+    except ImportError:
+        return None
+    return instrument_engine(engine, model_name, ensure_telemetry("engine"))
+
+
 class EngineServer:
     """The Generation service over one AsyncEngine. The Serve deployment wraps this class."""
 
@@ -75,6 +85,7 @@ class EngineServer:
             instance = make_instance(path, self.config.engine.cache_shape(), plan, **extra)
             engine = LLMEngine(instance, MiniMaxM1Tokenizer.from_pretrained(path), self.config.engine, self.model_name)
         self.engine = AsyncEngine(engine)
+        self.telemetry = _instrument(self.engine, self.model_name)
 
     # ---- Generation --------------------------------------------------------------------------
     def _start(self, request: pb.GenerateRequest, grpc_context) -> tuple[str, AsyncIterator]:
@@ -85,7 +96,10 @@ class EngineServer:
         try:
             params = protocol.params_from_proto(request)
             # The engine id is unique even when a client retries with the same request id.
-            stream = self.engine.generate(request.input, params, request_id=f"{request_id}:{uuid.uuid4().hex[:8]}")
+            engine_id = f"{request_id}:{uuid.uuid4().hex[:8]}"
+            stream = self.engine.generate(request.input, params, request_id=engine_id)
+            if self.telemetry is not None:
+                stream = self.telemetry.trace(stream, engine_id, request, grpc_context)
         except Exception as exc:
             raise _fail(grpc_context, exc) from None
         return request_id, stream
