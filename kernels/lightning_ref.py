@@ -96,8 +96,13 @@ def lightning_decode_ref(
     """One recurrent step per row: KV = exp(-s) KV + k^T v, o = q KV. Returns out [B, H, D]."""
     b, h, d = q.shape
     decay = torch.exp(-slope.to(torch.float32)).view(h, 1, 1)  # [H, 1, 1]
-    out = torch.zeros_like(q)
     slots = slot_ids.tolist()
+    if b > 1 and min(slots) >= 0:  # a batch without padding: one gather, batched math, one scatter
+        states = state_pool[slot_ids]  # [B, H, D, D] copy
+        states.mul_(decay).add_(k.to(torch.float32).unsqueeze(-1) * v.to(torch.float32).unsqueeze(-2))
+        state_pool[slot_ids] = states
+        return torch.matmul(q.to(torch.float32).unsqueeze(-2), states).squeeze(-2).to(q.dtype)
+    out = torch.zeros_like(q)
     for row, slot in enumerate(slots):  # per row on a view of its slot: no gather/scatter copies
         if slot < 0:
             continue

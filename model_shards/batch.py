@@ -24,6 +24,8 @@ class ForwardBatch:
     positions: torch.Tensor = field(init=False, repr=False)  # [N] absolute positions
     slot_ids: torch.Tensor = field(init=False, repr=False)  # [S]
     is_decode: bool = field(init=False)  # every sequence adds exactly one token
+    fresh: torch.Tensor = field(init=False, repr=False)  # [S] bool: starts at position 0 (state must start empty)
+    has_fresh: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if not (len(self.seq_lens) == len(self.start_positions) == len(self.slots)):
@@ -39,6 +41,8 @@ class ForwardBatch:
         ) if self.seq_lens else torch.zeros(0, dtype=torch.int64)
         self.slot_ids = torch.tensor(self.slots, dtype=torch.int64)
         self.is_decode = all(n == 1 for n in self.seq_lens)
+        self.fresh = torch.tensor([p == 0 for p in self.start_positions], dtype=torch.bool)
+        self.has_fresh = bool(self.fresh.any())
 
     @property
     def num_tokens(self) -> int:
@@ -56,6 +60,7 @@ class ForwardBatch:
         self.cu_seqlens = self.cu_seqlens.to(device)
         self.positions = self.positions.to(device)
         self.slot_ids = self.slot_ids.to(device)
+        self.fresh = self.fresh.to(device)
         if self.expert_threshold is not None:
             self.expert_threshold = self.expert_threshold.to(device)
         return self

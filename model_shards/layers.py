@@ -62,10 +62,11 @@ class LightningAttention(nn.Module):
         q, k, v = qkv.split(self.head_dim, dim=-1)  # [N, H, D] each
         pool = cache.lightning_pool(self.layer_idx)  # [P, H, D, D] fp32
         if batch.is_decode:
+            if batch.has_fresh:  # a one-token prompt may land in a reused slot: start from zero
+                pool[batch.slot_ids[batch.fresh]] = 0.0
             o = lightning_decode(q, k, v, self.slope, pool, batch.slot_ids)
         else:
-            fresh = torch.tensor([s == 0 for s in batch.start_positions], device=x.device)  # [S]
-            initial = pool[batch.slot_ids].masked_fill(fresh.view(-1, 1, 1, 1), 0.0)  # [S, H, D, D]
+            initial = pool[batch.slot_ids].masked_fill(batch.fresh.view(-1, 1, 1, 1), 0.0)  # [S, H, D, D]
             o, finals = lightning_prefill(q, k, v, self.slope, batch.cu_seqlens, initial, self.block_size)
             pool[batch.slot_ids] = finals
         o = self.norm(o.reshape(n, self.num_heads * self.head_dim))  # [N, H*D]

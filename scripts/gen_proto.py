@@ -3,8 +3,9 @@
     .venv/bin/python scripts/gen_proto.py            # write
     .venv/bin/python scripts/gen_proto.py --check    # exit 1 if the checked-in code is stale
 
-grpc_tools writes absolute imports (`from minimax.m1.v1 import ...`); they are rewritten to
-relative ones so the stubs live inside the `minimax_m1` package.
+grpc_tools writes absolute imports (`from minimax.m1.v1 import ...`) and registers the message
+classes under the module `minimax.m1.v1.generation_pb2`; both are rewritten to the importable
+`minimax_m1._generated` package, so the stubs live inside `minimax_m1` and messages pickle.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def generate() -> dict[str, str]:
         for path in sorted(pathlib.Path(tmp).rglob("*.py*")):
             text = path.read_text()
             text = re.sub(r"^from minimax\.m1\.v1 import (\w+)", r"from . import \1", text, flags=re.M)
+            # Register the classes under their importable module, so messages pickle by reference
+            # (Ray Serve's gRPC proxy pickles every request and response).
+            text = re.sub(r"'minimax\.m1\.v1\.(\w+_pb2)'", r"'minimax_m1._generated.\1'", text)
             files[path.name] = HEADER + text
     files["__init__.py"] = HEADER + '"""Generated protobuf and gRPC code for the minimax.m1.v1 API."""\n'
     return files

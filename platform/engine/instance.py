@@ -110,9 +110,6 @@ class InProcessModelInstance(ModelInstance):
     def step(self, request: StepRequest) -> StepResult:
         batch = to_forward_batch(request, self.model.device)
         self.cache.set_block_tables(dict(zip(request.slots, request.block_tables)))
-        # A sequence starting at position 0 may reuse a slot: clear its old lightning state (the
-        # decode path reads the state as is, e.g. for a one-token prompt in a decode-only batch).
-        self.cache.reset_slots([s for s, p in zip(request.slots, request.start_positions) if p == 0])
         ids = torch.tensor(request.token_ids, dtype=torch.long, device=self.model.device)
         out = self.model.step(ids, batch, self.cache)
         counts = None

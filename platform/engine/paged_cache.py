@@ -32,12 +32,6 @@ class PagedCache(StateCache):
     def set_block_tables(self, tables: dict[int, list[int]]) -> None:
         self.block_tables = tables
 
-    def reset_slots(self, slots: list[int]) -> None:
-        """Zero the lightning states of `slots` (new sequences in reused slots)."""
-        if slots:
-            for pool in self._lightning.values():
-                pool[slots] = 0.0
-
     def lightning_pool(self, layer_idx: int) -> torch.Tensor:
         return self._lightning[layer_idx]
 

@@ -20,13 +20,10 @@ from minimax_m1._generated import generation_pb2 as pb
 from minimax_m1.engine.errors import InvalidRequestError, grpc_status
 from minimax_m1.serving import protocol
 from minimax_m1.serving.config import ServingConfig
-from minimax_m1.serving.pb_pickle import fix_module_names
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "Engine"
-GRPC_SERVICER_FUNCTIONS = ["minimax_m1._generated.generation_pb2_grpc.add_GenerationServicer_to_server",
-                           "minimax_m1.serving.pb_pickle.fix_module_names"]  # see pb_pickle.py
-fix_module_names()
+GRPC_SERVICER_FUNCTIONS = ["minimax_m1._generated.generation_pb2_grpc.add_GenerationServicer_to_server"]
 
 
 class StatusError(Exception):
