@@ -64,6 +64,15 @@ def _instrument(engine, model_name: str):
     return instrument_engine(engine, model_name, ensure_telemetry("engine"))
 
 
+def _replica_group() -> dict:
+    """Inside a Serve replica with placement_group_bundles (see deployment_options), the workers
+    go into the replica's own group after its bundle 0, so their resources are reserved once."""
+    import ray
+
+    group = ray.util.get_current_placement_group()
+    return {} if group is None else {"placement_group": group, "first_bundle": 1}
+
+
 class EngineServer:
     """The Generation service over one AsyncEngine. The Serve deployment wraps this class."""
 
@@ -78,7 +87,7 @@ class EngineServer:
             _torch_threads(self.config.replica_cpus)
             path = self.config.model.resolve_path()
             plan = None if self.config.plan.in_process else self.config.plan.shard_plan()
-            extra = {} if plan is None else {"cpus_per_worker": self.config.plan.cpus_per_worker}
+            extra = {} if plan is None else {"cpus_per_worker": self.config.plan.cpus_per_worker, **_replica_group()}
             instance = make_instance(path, self.config.engine.cache_shape(), plan, **extra)
             engine = LLMEngine(instance, MiniMaxM1Tokenizer.from_pretrained(path), self.config.engine, self.model_name)
         self.engine = AsyncEngine(engine)
