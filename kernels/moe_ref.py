@@ -27,13 +27,28 @@ def moe_experts_ref(
     counts = torch.bincount(flat_ids, minlength=num_local + 1).tolist()
     xs = x.index_select(0, order // k)  # [T*K, h] each entry's token, grouped by expert
     ys = torch.zeros(t * k, x.shape[1], dtype=torch.float32, device=x.device)  # [T*K, h]
-    start = 0
-    for e in range(num_local):
-        n = counts[e]
-        if n:
-            gate, up = F.linear(xs[start:start + n], w13[e]).chunk(2, dim=-1)  # [n, I] each
-            ys[start:start + n] = F.linear(F.silu(gate) * up, w2[e])  # [n, h]
-        start += n
+    live = counts[:num_local]
+    cap = max(live, default=0)
+    if cap and num_local * cap <= 2 * sum(live) + 2 * num_local:
+        # Few entries per expert (decode): pad every group to `cap` rows and run all experts as
+        # two batched GEMMs instead of 2E small ones.
+        group = flat_ids[order]  # [T*K] expert of each sorted entry (num_local = skipped)
+        starts = torch.tensor([0] + list(torch.tensor(counts).cumsum(0)[:-1].tolist()), device=x.device)
+        rank = torch.arange(order.numel(), device=x.device) - starts[group]  # row within its group
+        keep = group < num_local
+        g, r = group[keep], rank[keep]
+        padded = torch.zeros(num_local, cap, x.shape[1], dtype=x.dtype, device=x.device)  # [E, cap, h]
+        padded[g, r] = xs[keep]
+        gate, up = torch.bmm(padded, w13.transpose(1, 2)).chunk(2, dim=-1)  # [E, cap, I] each
+        ys[keep] = torch.bmm(F.silu(gate) * up, w2.transpose(1, 2))[g, r].to(torch.float32)  # [n, h]
+    else:
+        start = 0
+        for e in range(num_local):
+            n = counts[e]
+            if n:
+                gate, up = F.linear(xs[start:start + n], w13[e]).chunk(2, dim=-1)  # [n, I] each
+                ys[start:start + n] = F.linear(F.silu(gate) * up, w2[e])  # [n, h]
+            start += n
     # back to (token, k) order, weight, and sum over k; skipped entries stay zero
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)

@@ -22,6 +22,20 @@ class StateCache:
         slot's keys and values up to start+t, [start+t, Hkv, D] each."""
         raise NotImplementedError
 
+    def decode_kv(self, layer_idx: int, slots: list[int], positions: list[int], k: torch.Tensor, v: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode step of B sequences: store one token each (k, v [B, Hkv, D]) at `positions` and
+        return every sequence's keys and values padded to the longest, [B, L, Hkv, D] each, with
+        the lengths [B]. Caches may override this with a vectorised version."""
+        pairs = [self.append_kv(layer_idx, s, p, k[i:i + 1], v[i:i + 1]) for i, (s, p) in enumerate(zip(slots, positions))]
+        lengths = torch.tensor([p + 1 for p in positions], device=k.device)
+        width = int(lengths.max())
+        keys = k.new_zeros(len(slots), width, *k.shape[1:])
+        values = torch.zeros_like(keys)
+        for i, (kk, vv) in enumerate(pairs):
+            keys[i, : kk.shape[0]], values[i, : vv.shape[0]] = kk, vv
+        return keys, values, lengths
+
 
 class ContiguousCache(StateCache):
     """Preallocated per-slot buffers: the single-process model and tests use it.

@@ -117,6 +117,8 @@ class SoftmaxAttention(nn.Module):
         v = self.v_proj(x).view(n, self.num_kv_heads, d)
         cos, sin = rotary_cos_sin(batch.positions, self.rotary_dim, self.rope_theta, x.dtype)
         q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+        if batch.is_decode and batch.num_seqs > 1:
+            return self.o_proj(self._decode_batch(q, k, v, batch, cache).reshape(n, self.num_heads * d))
         out = torch.empty_like(q)
         offsets = batch.cu_seqlens.tolist()
         for i, (slot, start) in enumerate(zip(batch.slots, batch.start_positions)):
@@ -124,6 +126,15 @@ class SoftmaxAttention(nn.Module):
             keys, values = cache.append_kv(self.layer_idx, slot, start, k[a:b], v[a:b])  # [L, Hkv, D]
             out[a:b] = _causal_attention(q[a:b], keys, values, start)
         return self.o_proj(out.view(n, self.num_heads * d))
+
+
+    def _decode_batch(self, q, k, v, batch: ForwardBatch, cache: StateCache) -> torch.Tensor:
+        """One new token per sequence: attend over each sequence's padded keys at once. -> [B, H, D]"""
+        keys, values, lengths = cache.decode_kv(self.layer_idx, batch.slots, batch.start_positions, k, v)  # [B, L, Hkv, D]
+        mask = torch.arange(keys.shape[1], device=q.device)[None, :] < lengths[:, None]  # [B, L]
+        o = F.scaled_dot_product_attention(q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
+                                           attn_mask=mask[:, None, None, :], enable_gqa=self.num_heads != self.num_kv_heads)
+        return o.squeeze(2)  # [B, H, D]
 
 
 def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:

@@ -52,3 +52,21 @@ class PagedCache(StateCache):
         keys = kc[used].reshape(-1, *kc.shape[2:])[:end]  # [end, Hkv, D]
         values = vc[used].reshape(-1, *vc.shape[2:])[:end]
         return keys, values
+
+    def decode_kv(self, layer_idx, slots, positions, k, v):
+        bs = self.block_size
+        tables = [self.block_tables[s] for s in slots]
+        lengths = [p + 1 for p in positions]
+        if any(len(t) * bs < n for t, n in zip(tables, lengths)):
+            raise RuntimeError("a sequence has too few KV blocks for its decode position")
+        kc, vc = self._k[layer_idx], self._v[layer_idx]
+        dest = torch.tensor([t[p // bs] for t, p in zip(tables, positions)], device=k.device)  # [B]
+        offs = torch.tensor([p % bs for p in positions], device=k.device)
+        kc[dest, offs] = k
+        vc[dest, offs] = v
+        nb = max((n + bs - 1) // bs for n in lengths)
+        index = torch.tensor([t[:nb] + [0] * (nb - len(t[:nb])) for t in tables], device=k.device)  # [B, nb]
+        keys = kc[index].flatten(1, 2)  # [B, nb*BS, Hkv, D]; rows past a length are masked by the caller
+        values = vc[index].flatten(1, 2)
+        return keys, values, torch.tensor(lengths, device=k.device)
+
