@@ -21,34 +21,46 @@ def lightning_prefill_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked prefill of packed sequences. Returns (out [N, H, D], final states [S, H, D, D] fp32)."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    if len(set(lengths)) == 1 and lengths[0] > 0:  # equal lengths (training batches): all sequences at once, same math
-        return _prefill_equal_lengths(q, k, v, slope, lengths[0], initial_states, block_size)
+    if lengths and max(lengths) * len(lengths) <= 2 * max(sum(lengths), 1):
+        # Little padding waste (training batches, engine prefill chunks): all sequences at once.
+        return _prefill_padded(q, k, v, slope, lengths, initial_states, block_size)
     return _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block_size)
 
 
-def _prefill_equal_lengths(q, k, v, slope, length: int, initial_states, block_size: int):
-    """lightning_prefill_ref for S sequences of `length` tokens each, vectorised over S."""
+def _prefill_padded(q, k, v, slope, lengths: list[int], initial_states, block_size: int):
+    """lightning_prefill_ref vectorised over sequences padded to the longest. Blocks are aligned
+    at each sequence's start; in a block, sequence i has m_i = its remaining tokens (0..B) real
+    rows, and its state decays by exp(-s m_i), so padding never touches a state or an output."""
     n, h, d = q.shape
-    num_seqs = n // length
-    out = torch.empty_like(q)
-    rows = out.view(num_seqs, length, h, d)  # [S, L, H, D]
+    num_seqs, longest = len(lengths), max(lengths)
+    seq = torch.repeat_interleave(torch.arange(num_seqs, device=q.device), torch.tensor(lengths, device=q.device))  # [N]
+    starts = torch.tensor([0] + lengths[:-1], device=q.device).cumsum(0)
+    pos_in_seq = torch.arange(n, device=q.device) - starts[seq]  # [N]
+    padded = []
+    for x in (q, k, v):
+        buf = torch.zeros(num_seqs, longest, h, d, dtype=torch.float32, device=q.device)  # [S, T, H, D]
+        buf[seq, pos_in_seq] = x.to(torch.float32)
+        padded.append(buf)
+    qp, kp, vp = padded
+    outp = torch.empty_like(qp)
+    lens = torch.tensor(lengths, device=q.device)
     s = slope.to(torch.float32).view(1, h, 1, 1)  # [1, H, 1, 1]
     state = (initial_states.to(torch.float32) if initial_states is not None
              else torch.zeros(num_seqs, h, d, d, dtype=torch.float32, device=q.device))  # [S, H, D, D]
-    for b0 in range(0, length, block_size):
-        b1 = min(b0 + block_size, length)
-        m = b1 - b0
-        qb, kb, vb = (x.view(num_seqs, length, h, d)[:, b0:b1].transpose(1, 2).to(torch.float32) for x in (q, k, v))  # [S, H, m, D]
+    for b0 in range(0, longest, block_size):
+        m = min(block_size, longest - b0)
+        mi = (lens - b0).clamp(0, m).to(torch.float32).view(num_seqs, 1, 1, 1)  # [S, 1, 1, 1] real rows
+        qb, kb, vb = (x[:, b0:b0 + m].transpose(1, 2) for x in (qp, kp, vp))  # [S, H, m, D]
         pos = torch.arange(m, device=q.device, dtype=torch.float32)
         q_decay = torch.exp(-s * (pos + 1).view(1, 1, m, 1))  # [1, H, m, 1]
-        k_decay = torch.exp(-s * (m - 1 - pos).view(1, 1, m, 1))
+        k_decay = torch.exp(-s * (mi - 1 - pos.view(1, 1, m, 1)).clamp(min=0))  # [S, H, m, 1]; pad rows have k = 0
         diff = pos.view(m, 1) - pos.view(1, m)  # [m, m]
         diag = torch.where(diff >= 0, torch.exp(-s * diff.clamp(min=0)), torch.zeros((), device=q.device))  # [1, H, m, m]
         intra = ((qb @ kb.transpose(-1, -2)) * diag) @ vb  # [S, H, m, D]
         inter = (qb * q_decay) @ state
-        rows[:, b0:b1] = (intra + inter).transpose(1, 2).to(q.dtype)
-        state = torch.exp(-s * m) * state + (kb * k_decay).transpose(-1, -2) @ vb
-    return out, state
+        outp[:, b0:b0 + m] = (intra + inter).transpose(1, 2)
+        state = torch.exp(-s * mi) * state + (kb * k_decay).transpose(-1, -2) @ vb
+    return outp[seq, pos_in_seq].to(q.dtype), state
 
 
 def _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block_size: int):
@@ -110,3 +122,8 @@ def lightning_decode_ref(
         state.mul_(decay).baddbmm_(k[row].to(torch.float32).unsqueeze(-1), v[row].to(torch.float32).unsqueeze(-2))
         out[row] = torch.bmm(q[row].to(torch.float32).unsqueeze(-2), state).squeeze(-2).to(q.dtype)
     return out
+
+
+def _prefill_equal_lengths(q, k, v, slope, length: int, initial_states, block_size: int):
+    """Equal-length sequences: the padded path with no padding (kept for the demo tests)."""
+    return _prefill_padded(q, k, v, slope, [length] * (q.shape[0] // length), initial_states, block_size)
