@@ -88,7 +88,8 @@ def test_partial_rotary_rotates_only_the_first_rotary_dim_dims():
             scores = torch.stack([rope(k[j, kv_h], j) @ qi for j in range(i + 1)]) / math.sqrt(hd)
             out[i, h] = torch.softmax(scores, 0) @ v[: i + 1, kv_h]
     expected = out.reshape(t, -1) @ layer.o_proj.weight.T
-    got = layer(x, ForwardBatch([t], [0], [0]), ContiguousCache(config, 1, 16, torch.float32))
+    with torch.no_grad():
+        got = layer(x, ForwardBatch([t], [0], [0]), ContiguousCache(config, 1, 16, torch.float32))
     assert float((got - expected).norm() / expected.norm()) < 1e-5
     # and the rotation really is partial: full rotary gives a different answer
     layer.rotary_dim = hd
