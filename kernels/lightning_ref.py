@@ -123,7 +123,3 @@ def lightning_decode_ref(
         out[row] = torch.bmm(q[row].to(torch.float32).unsqueeze(-2), state).squeeze(-2).to(q.dtype)
     return out
 
-
-def _prefill_equal_lengths(q, k, v, slope, length: int, initial_states, block_size: int):
-    """Equal-length sequences: the padded path with no padding (kept for the demo tests)."""
-    return _prefill_padded(q, k, v, slope, [length] * (q.shape[0] // length), initial_states, block_size)

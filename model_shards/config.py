@@ -138,6 +138,11 @@ class MiniMaxM1Config:
             return cls(**_from_transformers(raw))
         raise ConfigError(f"config field 'model_type' = {model_type!r} is not minimax_m1 (release) or minimax (transformers)")
 
+    def _eos_for_json(self) -> int | list[int] | None:
+        if not self.eos_token_id:
+            return None
+        return self.eos_token_id[0] if len(self.eos_token_id) == 1 else list(self.eos_token_id)
+
     def to_release_dict(self) -> dict[str, Any]:
         """The config in the original release layout (what `save_pretrained` writes)."""
         d = {
@@ -157,7 +162,7 @@ class MiniMaxM1Config:
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings, "hidden_act": "silu",
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": (list(self.eos_token_id) if len(self.eos_token_id) != 1 else self.eos_token_id[0]) or None,
+            "eos_token_id": self._eos_for_json(),
             "pad_token_id": self.pad_token_id, "torch_dtype": self.torch_dtype,
         }
         if self.think_start_token_id is not None:
@@ -184,7 +189,7 @@ class MiniMaxM1Config:
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings, "hidden_act": "silu",
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": (list(self.eos_token_id) if len(self.eos_token_id) != 1 else self.eos_token_id[0]) or None,
+            "eos_token_id": self._eos_for_json(),
             "pad_token_id": self.pad_token_id, "dtype": self.torch_dtype,
         }
         if self.rotary_dim_effective != self.head_dim:

@@ -345,7 +345,6 @@ def train_demo(out_dir: str, cfg: TrainConfig, cache_dir: str, log: Callable[[st
     train_seconds = time.monotonic() - started
 
     model.save_pretrained(out_dir, layout="release", dtype=torch.bfloat16)
-    restore_special_ids(out_dir, config)
     saved_model = MiniMaxM1ForCausalLM.from_pretrained(out_dir, dtype=torch.float32, device="cpu")
     log(f"evaluating the saved bf16 checkpoint on {cfg.eval_windows} held-out windows of {cfg.seq_len} tokens ...")
     val_ppl = model_perplexity(saved_model, eval_inputs, eval_targets)
@@ -385,18 +384,6 @@ def train_demo(out_dir: str, cfg: TrainConfig, cache_dir: str, log: Callable[[st
     return record
 
 
-def restore_special_ids(out_dir: str, config: MiniMaxM1Config) -> None:
-    """Write the eos id into config.json when it is 0 (<|endoftext|> is the tokenizer's first
-    token): MiniMaxM1Config.to_release_dict turns an eos id of 0 into null."""
-    file = os.path.join(out_dir, "config.json")
-    with open(file) as f:
-        raw = json.load(f)
-    if raw.get("eos_token_id") is None and config.eos_token_id:
-        raw["eos_token_id"] = config.eos_token_id[0] if len(config.eos_token_id) == 1 else list(config.eos_token_id)
-        with open(file, "w") as f:
-            json.dump(raw, f, indent=2)
-
-
 def _file_sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -413,4 +400,4 @@ def default_cache_dir() -> str:
 
 __all__ = ["TrainConfig", "train_demo", "training_logits", "TrainingCache", "RouterProbe", "fetch_sdist", "read_texts",
            "split_texts", "encode_documents", "eval_windows", "heldout_eval_set", "ids_sha256", "full_split_figures",
-           "model_perplexity", "unigram_perplexity", "text_sha256", "restore_special_ids", "default_cache_dir"]
+           "model_perplexity", "unigram_perplexity", "text_sha256", "default_cache_dir"]

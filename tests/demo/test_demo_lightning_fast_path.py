@@ -21,7 +21,7 @@ def _inputs(seed: int, with_initial: bool):
 @pytest.mark.parametrize("with_initial", [False, True])
 def test_fast_path_matches_loop(block_size, with_initial):
     q, k, v, slope, cu, initial = _inputs(block_size, with_initial)
-    fast_out, fast_final = lightning_ref._prefill_equal_lengths(q, k, v, slope, L, initial, block_size)
+    fast_out, fast_final = lightning_ref._prefill_padded(q, k, v, slope, [L] * (q.shape[0] // L), initial, block_size)
     loop_out, loop_final = lightning_ref._prefill_loop(q, k, v, slope, cu, initial, block_size)
     torch.testing.assert_close(fast_out, loop_out, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(fast_final, loop_final, atol=1e-6, rtol=1e-6)
@@ -59,7 +59,7 @@ def test_gradients_match_loop():
         loss.backward()
         return [q.grad, k.grad, v.grad, initial.grad]
 
-    fast = grads(lambda q, k, v, s, cu, i: lightning_ref._prefill_equal_lengths(q, k, v, s, L, i, 16))
+    fast = grads(lambda q, k, v, s, cu, i: lightning_ref._prefill_padded(q, k, v, s, [L] * (q.shape[0] // L), i, 16))
     loop = grads(lambda q, k, v, s, cu, i: lightning_ref._prefill_loop(q, k, v, s, cu, i, 16))
     for a, b in zip(fast, loop):
         assert a is not None and a.abs().max() > 0
