@@ -10,7 +10,9 @@ the SQLite ledger on) in front of it.
   the OpenTelemetry default intervals (metrics every 10 s, spans batched every 5 s) and a scrape
   every --scrape-interval seconds (the chart's monitors use 30 s); expert load collected every step;
 - "off": the same processes without telemetry (no OTLP endpoint, no metrics port).
-The load is --concurrency streaming callers (this process), 32 output tokens per request, in
+The load is --concurrency streaming callers (this process), 32 output tokens per request: by default
+twice the engine's batch, so the engine is saturated and the figure is its throughput, not the
+callers' round trips. It runs in
 rounds of --duration seconds; each round runs both sides, in alternating order (off-on, on-off,
 ...), so drift hits both alike. Reported: output tokens/s per round, the medians and their ratio
 on / off (the target), and the CPU seconds the engine and gateway processes spent per 1000 output
@@ -111,7 +113,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=8, help="rounds; each runs both sides")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per side per round")
-    p.add_argument("--concurrency", type=int, default=4, help="concurrent streaming callers")
+    p.add_argument("--concurrency", type=int, default=16,
+                   help="concurrent streaming callers (default: twice the engine's max_num_seqs, so it stays saturated)")
     p.add_argument("--model", help="checkpoint folder (default: a tiny random checkpoint)")
     p.add_argument("--scrape-interval", type=float, default=15.0, help="seconds between Prometheus scrapes")
     args = p.parse_args()

@@ -151,12 +151,19 @@ class GatewayTelemetry:
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tel: GatewayTelemetry):
         self._tel = tel
+        self._wrapped: dict[tuple[str, int], Any] = {}  # (method, id(handler)) -> traced handler
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or not self._tel.enabled or not details.method.startswith(_TRACED_PREFIX):
             return handler  # health checks and reflection are not traced
-        method = details.method[len(_TRACED_PREFIX):]
+        key = (details.method, id(handler))
+        traced = self._wrapped.get(key)
+        if traced is None:  # the generic handler hands out one handler per method: wrap it once
+            traced = self._wrapped[key] = self._wrap(details.method[len(_TRACED_PREFIX):], handler)
+        return traced
+
+    def _wrap(self, method: str, handler):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(self._tel._wrap_unary(method, handler.unary_unary),
                                                        handler.request_deserializer, handler.response_serializer)

@@ -98,7 +98,8 @@ def test_otlp_receiver_gets_one_trace_per_request_and_both_services_metrics(plat
     def linked(r: OtlpReceiver):
         spans = r.spans()
         gateway = {s.span_id: s for s in spans if s.resource.get("service.name") == "minimax-m1-gateway"
-                   and s.name == "minimax.m1.v1.Generation/GenerateStream" and s.attributes.get("rpc.response.status_code") == "OK"}
+                   and s.name == "minimax.m1.v1.Generation/GenerateStream" and s.attributes.get("rpc.response.status_code") == "OK"
+                   and s.attributes.get("minimax_m1.tenant") == "acme"}
         engine = [s for s in spans if s.resource.get("service.name") == "minimax-m1-engine"
                   and s.name == "text_completion tiny" and s.parent_span_id in gateway]
         for e in engine:
