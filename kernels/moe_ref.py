@@ -28,19 +28,23 @@ def moe_experts_ref(
     xs = x.index_select(0, order // k)  # [T*K, h] each entry's token, grouped by expert
     ys = torch.zeros(t * k, x.shape[1], dtype=torch.float32, device=x.device)  # [T*K, h]
     live = counts[:num_local]
+    hit = [e for e in range(num_local) if live[e]]
     cap = max(live, default=0)
-    if cap and num_local * cap <= 2 * sum(live) + 2 * num_local:
-        # Few entries per expert (decode): pad every group to `cap` rows and run all experts as
-        # two batched GEMMs instead of 2E small ones.
+    if hit and len(hit) * cap <= 2 * sum(live) + len(hit):
+        # Few entries per expert (decode): pad each used expert's group to `cap` rows and run them
+        # as two batched GEMMs instead of 2 x len(hit) small ones; padding at most doubles the work.
         group = flat_ids[order]  # [T*K] expert of each sorted entry (num_local = skipped)
         starts = torch.tensor([0] + list(torch.tensor(counts).cumsum(0)[:-1].tolist()), device=x.device)
         rank = torch.arange(order.numel(), device=x.device) - starts[group]  # row within its group
         keep = group < num_local
-        g, r = group[keep], rank[keep]
-        padded = torch.zeros(num_local, cap, x.shape[1], dtype=x.dtype, device=x.device)  # [E, cap, h]
+        slot_of = torch.full((num_local,), -1, dtype=torch.long, device=x.device)
+        hit_ids = torch.tensor(hit, device=x.device)
+        slot_of[hit_ids] = torch.arange(len(hit), device=x.device)
+        g, r = slot_of[group[keep]], rank[keep]
+        padded = torch.zeros(len(hit), cap, x.shape[1], dtype=x.dtype, device=x.device)  # [E', cap, h]
         padded[g, r] = xs[keep]
-        gate, up = torch.bmm(padded, w13.transpose(1, 2)).chunk(2, dim=-1)  # [E, cap, I] each
-        ys[keep] = torch.bmm(F.silu(gate) * up, w2.transpose(1, 2))[g, r].to(torch.float32)  # [n, h]
+        gate, up = torch.bmm(padded, w13[hit_ids].transpose(1, 2)).chunk(2, dim=-1)  # [E', cap, I] each
+        ys[keep] = torch.bmm(F.silu(gate) * up, w2[hit_ids].transpose(1, 2))[g, r].to(torch.float32)  # [n, h]
     else:
         start = 0
         for e in range(num_local):
