@@ -21,7 +21,7 @@ def lightning_prefill_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked prefill of packed sequences. Returns (out [N, H, D], final states [S, H, D, D] fp32)."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    if lengths and max(lengths) * len(lengths) <= 2 * max(sum(lengths), 1):
+    if len(lengths) > 1 and max(lengths) * len(lengths) <= 2 * sum(lengths):
         # Little padding waste (training batches, engine prefill chunks): all sequences at once.
         return _prefill_padded(q, k, v, slope, lengths, initial_states, block_size)
     return _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block_size)

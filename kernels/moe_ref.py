@@ -30,8 +30,8 @@ def moe_experts_ref(
     live = counts[:num_local]
     hit = [e for e in range(num_local) if live[e]]
     cap = max(live, default=0)
-    if hit and len(hit) * cap <= 2 * sum(live) + len(hit):
-        # Few entries per expert (decode): pad each used expert's group to `cap` rows and run them
+    if hit and cap <= 16 and len(hit) * cap <= 2 * sum(live) + len(hit):
+        # Few entries per expert (decode-sized steps): pad each used expert's group to `cap` rows and run them
         # as two batched GEMMs instead of 2 x len(hit) small ones; padding at most doubles the work.
         group = flat_ids[order]  # [T*K] expert of each sorted entry (num_local = skipped)
         starts = torch.tensor([0] + list(torch.tensor(counts).cumsum(0)[:-1].tolist()), device=x.device)
