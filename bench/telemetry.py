@@ -18,8 +18,10 @@ rounds of --duration seconds; each round runs both sides, in alternating order (
 on / off (the target), and the CPU seconds the engine and gateway processes spent per 1000 output
 tokens on each side, whose inverse ratio is what a machine with idle cores would show.
 
-The model defaults to a tiny random checkpoint, whose steps take about a millisecond: per-step
-telemetry costs weigh far more there than on a real model, so the ratio is a lower bound.
+The model defaults to a tiny random checkpoint (hidden size 64), whose steps take a few
+milliseconds on CPU: telemetry's per-step and per-request costs (tens of microseconds) weigh far
+more there than on a real model, so that ratio is a lower bound. --hidden 512 builds a larger
+random checkpoint (same layer pattern, 32 experts) for a second point.
 """
 from __future__ import annotations
 
@@ -115,7 +117,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per side per round")
     p.add_argument("--concurrency", type=int, default=16,
                    help="concurrent streaming callers (default: twice the engine's max_num_seqs, so it stays saturated)")
-    p.add_argument("--model", help="checkpoint folder (default: a tiny random checkpoint)")
+    p.add_argument("--model", help="checkpoint folder (default: a random checkpoint of --hidden size)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden and expert size of the random checkpoint")
     p.add_argument("--scrape-interval", type=float, default=15.0, help="seconds between Prometheus scrapes")
     args = p.parse_args()
 
@@ -124,8 +127,8 @@ def main() -> int:
         if model is None:
             from minimax_m1.model_shards.tiny import make_checkpoint
 
-            model = os.path.join(tmp, "tiny")
-            make_checkpoint(model, seed=0)
+            model = os.path.join(tmp, "model")
+            make_checkpoint(model, seed=0, hidden_size=args.hidden, intermediate_size=args.hidden)
         receiver = subprocess.Popen([sys.executable, str(REPO / "tests" / "telemetry" / "otlp_receiver.py")],
                                     stdout=subprocess.PIPE, text=True)
         endpoint = f"http://127.0.0.1:{receiver.stdout.readline().split()[-1]}"
@@ -155,7 +158,8 @@ def main() -> int:
             receiver.wait(30)
     off_med, on_med = statistics.median(results["off"]), statistics.median(results["on"])
     ratio = on_med / off_med
-    print(f"\ncpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}; "
+    print(f"\nmodel: {args.model or f'random, hidden {args.hidden}'}; cpus: {os.cpu_count()}, "
+          f"load average: {os.getloadavg()[0]:.2f}; "
           f"{args.concurrency} streaming callers x {OUTPUT_TOKENS} output tokens, {args.rounds} x {args.duration:.0f} s per side")
     print(f"telemetry on: OTLP receiver {received}; {scraper.scrapes} Prometheus scrapes")
     print(f"throughput off (baseline): {off_med:.1f} output tokens/s (median)")
