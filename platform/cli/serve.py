@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="gateway address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"gateway port (default {DEFAULT_PORT})")
     p.add_argument("--name", default="minimax-m1", help="model name clients use (default minimax-m1)")
+    p.add_argument("--metrics-port", type=int, default=None, help="gateway Prometheus endpoint port (docs/telemetry.md)")
+    p.add_argument("--engine-metrics-port", type=int, default=None, help="engine replica Prometheus endpoint port")
 
 
 def serving_args(args: argparse.Namespace) -> dict:
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     progress("starting Ray and the engine (loading the model) ...")
     # Logical CPUs: the replica and its CPU workers share the cores; Ray only counts them.
     num_cpus = max(os.cpu_count() or 1, 4)
+    if args.engine_metrics_port is not None:  # the replica sets telemetry up from its environment, Ray's copy of ours
+        os.environ["MINIMAX_M1_METRICS_PORT"] = str(args.engine_metrics_port)
     try:
         cluster = LocalServe.start(serving_args(args), grpc_port=_free_port(), http_port=_free_port(), num_cpus=num_cpus)
     except (RuntimeError, TimeoutError, ValueError) as exc:
@@ -76,11 +80,12 @@ async def _serve(args: argparse.Namespace, cluster) -> int:
     from minimax_m1.serving.local import APP_NAME
 
     loop = asyncio.get_running_loop()
-    gateway = None
+    gateway = telemetry = None
     try:
         # ---- the gateway in front of the Serve gRPC ingress (minimax_m1.gateway) ----
         config = GatewayConfig(host=args.host, port=args.port,
                                upstream=UpstreamConfig(target=cluster.target, metadata=(("application", APP_NAME),)))
+        telemetry = _gateway_telemetry(args.metrics_port)
         try:
             gateway = await start_gateway(config)
         except (OSError, RuntimeError) as exc:
@@ -101,7 +106,22 @@ async def _serve(args: argparse.Namespace, cluster) -> int:
     finally:
         if gateway is not None:
             await gateway.stop(grace=5.0)
+        if telemetry is not None:
+            telemetry.shutdown()
     return 0
+
+
+def _gateway_telemetry(metrics_port: int | None):
+    """The gateway's telemetry (OTLP from the OTEL_* variables, Prometheus on --metrics-port), or None."""
+    from minimax_m1.telemetry import TelemetryConfig, setup_telemetry
+
+    config = TelemetryConfig.from_env("gateway", prometheus_port=metrics_port)
+    if metrics_port is None and not config.otlp_endpoint:
+        return None
+    try:
+        return setup_telemetry(config)
+    except OSError as exc:
+        raise CliError(f"--metrics-port {metrics_port}: {exc}") from None
 
 
 def _free_port() -> int:
