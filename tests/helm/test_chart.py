@@ -79,7 +79,7 @@ def test_every_object_validates_offline(values):
             spec = obj["spec"]
             assert spec["selector"]["matchLabels"], name
             endpoints = spec.get("podMetricsEndpoints") or spec.get("endpoints")
-            assert endpoints and all(e["port"] == "metrics" for e in endpoints), name
+            assert endpoints and all(e["port"] in ("metrics", "engine-metrics") for e in endpoints), name
         else:
             validate_kubernetes(obj)
     assert checked_crd == 1
@@ -331,7 +331,17 @@ def test_monitors_render_only_when_the_prometheus_operator_api_exists():
     assert not [d for d in render() if d["apiVersion"].startswith("monitoring.coreos.com")]
     docs = render(api_versions=[MONITORING_API])
     pm, sm = one(docs, "PodMonitor"), one(docs, "ServiceMonitor")
-    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["metrics", "engine-metrics"]
+    # the engine's endpoint is a named container port of every Ray pod, with its env var set
+    rs = one(docs, "RayService")["spec"]["rayClusterConfig"]
+    pods = [rs["headGroupSpec"]["template"]] + [g["template"] for g in rs["workerGroupSpecs"]]
+    for pod in pods:
+        container = pod["spec"]["containers"][0]
+        assert {"name": "engine-metrics", "containerPort": 9465} in container["ports"]
+        assert {"name": "MINIMAX_M1_METRICS_PORT", "value": "9465"} in container["env"]
+    config_map = [d for d in by_kind(docs, "ConfigMap") if "gateway.json" in d.get("data", {})][0]
+    gateway = json.loads(config_map["data"]["gateway.json"])
+    assert any(h["kind"] == "otel_metrics" for h in gateway["billing"]["hooks"]), "billed-usage metrics feed the tenants dashboard"
     assert sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
 
 

@@ -203,6 +203,14 @@ applications:
   value: /tmp
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+- name: MINIMAX_M1_METRICS_PORT
+  value: {{ .Values.ray.engineMetricsPort | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef: {fieldPath: metadata.namespace}
 {{- with .Values.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
