@@ -114,7 +114,7 @@ async def make_stack(tiny_path, tmp_path):
     from minimax_m1.gateway.server import start_gateway
     from minimax_m1.serving.app import EngineServer
     from minimax_m1.telemetry import current
-    from tests.telemetry.engine_service import serve
+    from tests.serving.grpc_adapter import serve
 
     stacks: list[tuple[Stack, Any]] = []
 

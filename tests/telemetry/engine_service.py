@@ -1,8 +1,8 @@
 """The Engine deployment's class (EngineServer) on a plain grpc.aio server, in this process or as
 its own process (`python tests/telemetry/engine_service.py --model PATH --port N`).
 
-Unlike tests/serving's adapter this one hands the real gRPC context to EngineServer, as Ray Serve's
-proxy does, so the caller's traceparent metadata reaches the engine's telemetry. The process form
+The adapter (tests/serving/grpc_adapter.py) hands the real gRPC context to EngineServer, as Ray
+Serve's proxy does, so the caller's traceparent metadata reaches the engine's telemetry. The process form
 sets telemetry up from the environment (OTEL_EXPORTER_OTLP_ENDPOINT, MINIMAX_M1_METRICS_PORT) like
 a Ray replica does, and prints `engine ready <port>` once it serves.
 """
@@ -15,50 +15,13 @@ import os
 import signal
 import sys
 
-import grpc
 
 if __name__ == "__main__":  # run as a script: make `tests` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from minimax_m1._generated import generation_pb2_grpc as pb_grpc  # noqa: E402
+from tests.serving.grpc_adapter import serve  # noqa: E402
 
 ENGINE = {"max_num_seqs": 4, "max_batch_tokens": 64, "prefill_chunk_size": 8, "kv_block_size": 4, "num_kv_blocks": 128}
-
-
-class ContextAdapter(pb_grpc.GenerationServicer):
-    def __init__(self, server):
-        self.server = server
-
-    async def Generate(self, request, context):
-        from minimax_m1.serving.app import StatusError
-
-        try:
-            return await self.server.Generate(request, grpc_context=context)
-        except StatusError as exc:
-            await context.abort(exc.code, exc.details)
-
-    async def GenerateStream(self, request, context):
-        from minimax_m1.serving.app import StatusError
-
-        try:
-            async for msg in self.server.GenerateStream(request, grpc_context=context):
-                yield msg
-        except StatusError as exc:
-            await context.abort(exc.code, exc.details)
-
-    async def CountTokens(self, request, context):
-        return await self.server.CountTokens(request, grpc_context=context)
-
-    async def ListModels(self, request, context):
-        return await self.server.ListModels(request, grpc_context=context)
-
-
-async def serve(engine_server, port: int = 0) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
-    pb_grpc.add_GenerationServicer_to_server(ContextAdapter(engine_server), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    return server, bound
 
 
 async def _main(args) -> None:
