@@ -76,17 +76,17 @@ def to_forward_batch(request: StepRequest, device) -> "ForwardBatch":
 
 
 def routing_counts(expert_ids: list[torch.Tensor], cu_seqlens: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Per-sequence activation counts [S, L, E] from per-layer expert ids [N, K] (-1 = unused)."""
-    offsets = cu_seqlens.tolist()
-    s, layers = len(offsets) - 1, len(expert_ids)
-    out = torch.zeros(s, layers, num_experts, dtype=torch.int64)
-    for li, ids in enumerate(expert_ids):
-        ids = ids.cpu()
-        for i in range(s):
-            chunk = ids[offsets[i]:offsets[i + 1]].flatten()
-            chunk = chunk[chunk >= 0]
-            out[i, li] = torch.bincount(chunk, minlength=num_experts)
-    return out
+    """Per-sequence activation counts [S, L, E] from per-layer expert ids [N, K] (-1 = unused),
+    with one bincount over (sequence, layer, expert) cells."""
+    s, layers = cu_seqlens.numel() - 1, len(expert_ids)
+    if layers == 0:
+        return torch.zeros(s, 0, num_experts, dtype=torch.int64)
+    ids = torch.stack([e.cpu() for e in expert_ids])  # [L, N, K]
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).cpu()
+    seq_of = torch.repeat_interleave(torch.arange(s), lengths)  # [N]
+    cell = (seq_of.view(1, -1, 1) * layers + torch.arange(layers).view(-1, 1, 1)) * num_experts + ids  # [L, N, K]
+    counts = torch.bincount(cell[ids >= 0], minlength=s * layers * num_experts)
+    return counts.view(s, layers, num_experts)
 
 
 class InProcessModelInstance(ModelInstance):
