@@ -10,11 +10,18 @@ import torch
 
 
 class StateCache:
-    """Interface. Slots are small integers handed out by the owner of the cache."""
+    """The lightning slot pools, shared by every implementation; subclasses store keys and values.
+    Slots are small integers handed out by the owner of the cache.
+    Legend: P slots, H heads (this rank's), D head dim."""
+
+    def __init__(self, config, num_slots: int, num_heads: int | None, device: torch.device | str):
+        h, d = num_heads or config.num_attention_heads, config.head_dim
+        self._lightning = {layer: torch.zeros(num_slots, h, d, d, dtype=torch.float32, device=device)  # [P, H, D, D]
+                           for layer in config.lightning_layers}
 
     def lightning_pool(self, layer_idx: int) -> torch.Tensor:
         """The fp32 state pool of a lightning layer, [P, H, D, D], indexed by slot."""
-        raise NotImplementedError
+        return self._lightning[layer_idx]
 
     def append_kv(self, layer_idx: int, slot: int, start: int, k: torch.Tensor, v: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,20 +52,13 @@ class ContiguousCache(StateCache):
 
     def __init__(self, config, num_slots: int, capacity: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu", num_heads: int | None = None, num_kv_heads: int | None = None):
-        h = num_heads or config.num_attention_heads
+        super().__init__(config, num_slots, num_heads, device)
         hkv = num_kv_heads or config.num_key_value_heads
         d = config.head_dim
         self.capacity = capacity
-        self._lightning = {
-            layer: torch.zeros(num_slots, h, d, d, dtype=torch.float32, device=device)  # [P, H, D, D]
-            for layer in config.lightning_layers
-        }
         self._k = {layer: torch.zeros(num_slots, capacity, hkv, d, dtype=dtype, device=device)  # [P, C, Hkv, D]
                    for layer in config.softmax_layers}
         self._v = {layer: torch.zeros_like(self._k[layer]) for layer in config.softmax_layers}
-
-    def lightning_pool(self, layer_idx: int) -> torch.Tensor:
-        return self._lightning[layer_idx]
 
     def append_kv(self, layer_idx, slot, start, k, v):
         end = start + k.shape[0]
@@ -68,7 +68,3 @@ class ContiguousCache(StateCache):
         kc[start:end] = k
         vc[start:end] = v
         return kc[:end], vc[:end]
-
-    def reset_slot(self, slot: int) -> None:
-        for pool in self._lightning.values():
-            pool[slot].zero_()

@@ -155,11 +155,8 @@ class MiniMaxM1ForCausalLM(nn.Module):
         pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id if self.config.pad_token_id is not None else (min(eos) if eos else 0))
         params = SamplingParams(temperature=temperature if do_sample else 0.0, top_p=top_p, top_k=top_k or 0, seed=seed)
         b = len(rows)
-        gens = [params.make_generator() for _ in range(b)]
-        if seed is not None:
-            for i, g in enumerate(gens):
-                if g is not None:
-                    g.manual_seed(seed + i)
+        # one generator per row (row i seeded seed + i), so a row samples the same alone or batched
+        gens = [params.replace(seed=None if seed is None else seed + i).make_generator() for i in range(b)]
         cache = self.new_cache(b, max(len(r) for r in rows) + max_new_tokens)
         lengths = [len(r) for r in rows]
         batch = ForwardBatch(lengths, [0] * b, list(range(b))).to(self.device)

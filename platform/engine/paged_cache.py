@@ -17,13 +17,11 @@ from minimax_m1.model_shards.cache import StateCache
 class PagedCache(StateCache):
     def __init__(self, config, num_slots: int, num_blocks: int, block_size: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu", num_heads: int | None = None, num_kv_heads: int | None = None):
-        h = num_heads or config.num_attention_heads
+        super().__init__(config, num_slots, num_heads, device)
         hkv = num_kv_heads or config.num_key_value_heads
         d = config.head_dim
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self._lightning = {layer: torch.zeros(num_slots, h, d, d, dtype=torch.float32, device=device)
-                           for layer in config.lightning_layers}  # [P, H, D, D]
         self._k = {layer: torch.zeros(num_blocks, block_size, hkv, d, dtype=dtype, device=device)
                    for layer in config.softmax_layers}  # [NB, BS, Hkv, D]
         self._v = {layer: torch.zeros_like(self._k[layer]) for layer in config.softmax_layers}
@@ -31,9 +29,6 @@ class PagedCache(StateCache):
 
     def set_block_tables(self, tables: dict[int, list[int]]) -> None:
         self.block_tables = tables
-
-    def lightning_pool(self, layer_idx: int) -> torch.Tensor:
-        return self._lightning[layer_idx]
 
     def append_kv(self, layer_idx, slot, start, k, v):
         table = self.block_tables.get(slot)
