@@ -123,7 +123,7 @@ class FakeModel(pb_grpc.GenerationServicer):
                     if request.return_routing_log:
                         msg.routing_log.CopyFrom(self._routing_log(usage))
                 yield msg
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # grpc cancels the task, or closes a suspended generator
             self.observed.cancelled.append(request.request_id)
             raise
 
