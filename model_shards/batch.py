@@ -3,6 +3,10 @@
 Legend: N tokens in the step (all sequences packed in order), S sequences.
 A sequence contributes `seq_lens[i]` new tokens whose first absolute position is
 `start_positions[i]` (the number of its tokens already in the cache).
+
+A step may mix decodes and prefill chunks: the leading run of one-token sequences (the first
+`num_decode`, whose tokens are the first `num_decode` of N) takes the attention layers' decode path,
+the rest their prefill path; everything else (projections, norms, MoE) runs once over all N.
 """
 from __future__ import annotations
 
@@ -23,9 +27,9 @@ class ForwardBatch:
     cu_seqlens: torch.Tensor = field(init=False, repr=False)  # [S + 1]
     positions: torch.Tensor = field(init=False, repr=False)  # [N] absolute positions
     slot_ids: torch.Tensor = field(init=False, repr=False)  # [S]
-    is_decode: bool = field(init=False)  # every sequence adds exactly one token
+    num_decode: int = field(init=False)  # leading one-token sequences (the decode part)
     fresh: torch.Tensor = field(init=False, repr=False)  # [S] bool: starts at position 0 (state must start empty)
-    has_fresh: bool = field(init=False)
+    has_fresh_decode: bool = field(init=False)  # a decode-part sequence starts at position 0
 
     def __post_init__(self) -> None:
         if not (len(self.seq_lens) == len(self.start_positions) == len(self.slots)):
@@ -40,9 +44,9 @@ class ForwardBatch:
             [torch.arange(s, s + n, dtype=torch.int64) for s, n in zip(self.start_positions, self.seq_lens)]
         ) if self.seq_lens else torch.zeros(0, dtype=torch.int64)
         self.slot_ids = torch.tensor(self.slots, dtype=torch.int64)
-        self.is_decode = all(n == 1 for n in self.seq_lens)
+        self.num_decode = next((i for i, n in enumerate(self.seq_lens) if n != 1), len(self.seq_lens))
         self.fresh = torch.tensor([p == 0 for p in self.start_positions], dtype=torch.bool)
-        self.has_fresh = bool(self.fresh.any())
+        self.has_fresh_decode = 0 in self.start_positions[: self.num_decode]
 
     @property
     def num_tokens(self) -> int:
@@ -51,6 +55,15 @@ class ForwardBatch:
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens)
+
+    @property
+    def is_decode(self) -> bool:
+        """Every sequence adds exactly one token (no prefill part)."""
+        return self.num_decode == len(self.seq_lens)
+
+    def prefill_cu_seqlens(self) -> torch.Tensor:
+        """Offsets of the prefill-part sequences within the prefill tokens (N - num_decode). [S - num_decode + 1]"""
+        return self.cu_seqlens[self.num_decode:] - self.num_decode
 
     def last_token_indices(self) -> torch.Tensor:
         """Index in N of each sequence's last new token. [S]"""

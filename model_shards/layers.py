@@ -61,14 +61,20 @@ class LightningAttention(nn.Module):
         qkv = F.silu(self.qkv_proj(x)).view(n, self.num_heads, 3 * self.head_dim)  # [N, H, 3D]
         q, k, v = qkv.split(self.head_dim, dim=-1)  # [N, H, D] each
         pool = cache.lightning_pool(self.layer_idx)  # [P, H, D, D] fp32
-        if batch.is_decode:
-            if batch.has_fresh:  # a one-token prompt may land in a reused slot: start from zero
-                pool[batch.slot_ids[batch.fresh]] = 0.0
-            o = lightning_decode(q, k, v, self.slope, pool, batch.slot_ids)
-        else:
-            initial = pool[batch.slot_ids].masked_fill(batch.fresh.view(-1, 1, 1, 1), 0.0)  # [S, H, D, D]
-            o, finals = lightning_prefill(q, k, v, self.slope, batch.cu_seqlens, initial, self.block_size)
-            pool[batch.slot_ids] = finals
+        nd, parts = batch.num_decode, []
+        if nd:
+            slots = batch.slot_ids[:nd]
+            if batch.has_fresh_decode:  # a one-token prompt may land in a reused slot: start from zero
+                pool[slots[batch.fresh[:nd]]] = 0.0
+            parts.append(lightning_decode(q[:nd], k[:nd], v[:nd], self.slope, pool, slots))
+        if nd < batch.num_seqs:
+            slots = batch.slot_ids[nd:]
+            initial = pool[slots].masked_fill(batch.fresh[nd:].view(-1, 1, 1, 1), 0.0)  # [S', H, D, D]
+            o, finals = lightning_prefill(q[nd:], k[nd:], v[nd:], self.slope, batch.prefill_cu_seqlens(), initial,
+                                          self.block_size)
+            pool[slots] = finals
+            parts.append(o)
+        o = parts[0] if len(parts) == 1 else torch.cat(parts)
         o = self.norm(o.reshape(n, self.num_heads * self.head_dim))  # [N, H*D]
         o = torch.sigmoid(self.output_gate(x)) * o
         return self.out_proj(o)
@@ -117,20 +123,20 @@ class SoftmaxAttention(nn.Module):
         v = self.v_proj(x).view(n, self.num_kv_heads, d)
         cos, sin = rotary_cos_sin(batch.positions, self.rotary_dim, self.rope_theta, x.dtype)
         q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
-        if batch.is_decode and batch.num_seqs > 1:
-            return self.o_proj(self._decode_batch(q, k, v, batch, cache).reshape(n, self.num_heads * d))
         out = torch.empty_like(q)
+        nd = batch.num_decode if batch.num_decode > 1 else 0  # one decode row is as fast down the loop
+        if nd:
+            out[:nd] = self._decode_batch(q[:nd], k[:nd], v[:nd], batch.slots[:nd], batch.start_positions[:nd], cache)
         offsets = batch.cu_seqlens.tolist()
-        for i, (slot, start) in enumerate(zip(batch.slots, batch.start_positions)):
-            a, b = offsets[i], offsets[i + 1]
-            keys, values = cache.append_kv(self.layer_idx, slot, start, k[a:b], v[a:b])  # [L, Hkv, D]
+        for i in range(nd, batch.num_seqs):
+            a, b, start = offsets[i], offsets[i + 1], batch.start_positions[i]
+            keys, values = cache.append_kv(self.layer_idx, batch.slots[i], start, k[a:b], v[a:b])  # [L, Hkv, D]
             out[a:b] = _causal_attention(q[a:b], keys, values, start)
         return self.o_proj(out.view(n, self.num_heads * d))
 
-
-    def _decode_batch(self, q, k, v, batch: ForwardBatch, cache: StateCache) -> torch.Tensor:
+    def _decode_batch(self, q, k, v, slots: list[int], positions: list[int], cache: StateCache) -> torch.Tensor:
         """One new token per sequence: attend over each sequence's padded keys at once. -> [B, H, D]"""
-        keys, values, lengths = cache.decode_kv(self.layer_idx, batch.slots, batch.start_positions, k, v)  # [B, L, Hkv, D]
+        keys, values, lengths = cache.decode_kv(self.layer_idx, slots, positions, k, v)  # [B, L, Hkv, D]
         mask = torch.arange(keys.shape[1], device=q.device)[None, :] < lengths[:, None]  # [B, L]
         o = F.scaled_dot_product_attention(q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
                                            attn_mask=mask[:, None, None, :], enable_gqa=self.num_heads != self.num_kv_heads)

@@ -210,28 +210,19 @@ class LLMEngine:
         return outputs
 
     def _run(self, batch: ScheduledBatch, collect: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Decodes and prefill chunks go to the instance as separate passes: a batch in which any
-        sequence adds several tokens sends every sequence down the (much slower) prefill path of
-        the lightning and softmax layers. Returns logits [S, V] and counts [S, L, E] in batch order."""
+        """One instance step for the whole batch, one-token sequences first: they form the decode
+        part of the step (ForwardBatch.num_decode), so decodes and prefill chunks share every
+        projection and MoE pass. Returns logits [S, V] and counts [S, L, E] in batch order."""
         seqs, lens = batch.seqs, batch.num_new_tokens
         collect = collect or any(s.routing is not None or s.params.expert_threshold is not None for s in seqs)
-        decode = [i for i, (s, n) in enumerate(zip(seqs, lens)) if n == 1 and s.num_computed > 0]
-        if len(decode) in (0, len(seqs)):
-            result = self.instance.step(self._step_request(seqs, lens, collect))
+        order = sorted(range(len(seqs)), key=lambda i: lens[i] != 1)  # stable: decodes first, then chunks
+        result = self.instance.step(self._step_request([seqs[i] for i in order], [lens[i] for i in order], collect))
+        if order == sorted(order):
             return result.logits, result.expert_counts
-        in_decode = set(decode)
-        parts = [decode, [i for i in range(len(seqs)) if i not in in_decode]]
-        logits = counts = None
-        for part in parts:
-            result = self.instance.step(self._step_request([seqs[i] for i in part], [lens[i] for i in part], collect))
-            if logits is None:
-                logits = torch.empty(len(seqs), result.logits.shape[-1], dtype=result.logits.dtype)
-            logits[part] = result.logits
-            if result.expert_counts is not None:
-                if counts is None:
-                    counts = torch.zeros(len(seqs), *result.expert_counts.shape[1:], dtype=result.expert_counts.dtype)
-                counts[part] = result.expert_counts
-        return logits, counts
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[order] = torch.arange(len(order))
+        counts = result.expert_counts
+        return result.logits[inverse], (None if counts is None else counts[inverse])
 
     def _step_request(self, seqs: list[Sequence], lens: list[int], collect: bool) -> StepRequest:
         token_ids: list[int] = []

@@ -41,6 +41,27 @@ def test_batched_mixed_prefill_and_decode_equal_each_sequence_alone():
     assert torch.allclose(out.logits[1], fb[13], rtol=1e-4, atol=1e-5)
 
 
+def test_one_step_mixing_decodes_a_fresh_one_token_prompt_and_prefill_chunks():
+    """The engine's step shape: the leading one-token sequences take the decode path (three decodes,
+    and a one-token prompt landing in a slot that still holds an old state), the rest the prefill
+    path (a chunk continuing a prompt, and a new prompt), with every projection and MoE run once."""
+    config = tiny_config(vocab_size=200, block_size=4)
+    model = build_random_model(config, seed=14, std=0.1)
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randint(0, 200, (n,), generator=g) for n in (7, 10, 6, 1, 12, 9)]
+    full = [model(r[None]).logits[0] for r in rows]
+    cache = model.new_cache(6, 32)
+    # warm-up: rows 0-2 cache all but their last token; row 4 its first 5; slot 3 gets a stale state
+    model.step(torch.cat([rows[0][:6], rows[1][:9], rows[2][:5], rows[5][:3], rows[4][:5]]),
+               ForwardBatch([6, 9, 5, 3, 5], [0, 0, 0, 0, 0], [0, 1, 2, 3, 4]), cache)
+    batch = ForwardBatch([1, 1, 1, 1, 7, 9], [6, 9, 5, 0, 5, 0], [0, 1, 2, 3, 4, 5])
+    assert batch.num_decode == 4 and not batch.is_decode
+    ids = torch.cat([rows[0][6:], rows[1][9:], rows[2][5:], rows[3], rows[4][5:], rows[5]])
+    out = model.step(ids, batch, cache).logits
+    for i, f in enumerate(full):
+        assert torch.allclose(out[i], f[-1], rtol=1e-4, atol=1e-5), i
+
+
 def test_left_padded_batch_generates_like_each_row_alone():
     config = tiny_config(vocab_size=200, block_size=4, eos_token_id=())
     model = build_random_model(config, seed=13, std=0.1)
