@@ -4,9 +4,8 @@ Legend: T tokens, K experts per token, E local experts, n routed entries (token,
 h hidden, I expert intermediate size.
 Expert e computes w2 (silu(w1 x) * w3 x); w1 and w3 are stored fused as w13 = [w1; w3].
 
-The entries are sorted by expert once; each used expert then costs exactly two GEMMs written in
-place (`out=` views of shared buffers), and the gather, activation, weighting and scatter run once
-for all experts. On a CPU, decode steps give each expert a handful of rows, so the number of ops per
+The entries are sorted by expert once; each used expert then costs exactly two GEMMs, and the
+gather, activation, weighting and scatter run once for all experts. On a CPU, decode steps give each expert a handful of rows, so the number of ops per
 expert, not FLOPs, sets the time.
 """
 from __future__ import annotations
@@ -24,7 +23,7 @@ def moe_experts_ref(
     expert_offset: int = 0,  # global id of local expert 0; ids outside the local range are skipped
 ) -> torch.Tensor:
     """Weighted sum of the experts each token routes to. Returns [T, h] in x's dtype."""
-    num_local, two_i = w13.shape[0], w13.shape[1]
+    num_local = w13.shape[0]
     t, k = topk_ids.shape
     local = topk_ids - expert_offset  # [T, K]
     valid = (local >= 0) & (local < num_local)
@@ -38,20 +37,19 @@ def moe_experts_ref(
     entries = order[:n]  # [n] entry index (token * K + slot), grouped by expert
     tokens = entries // k  # [n]
     xs = x.index_select(0, tokens)  # [n, h]
-    h13 = x.new_empty(n, two_i)  # [n, 2I]
-    start = 0
-    for e, c in enumerate(counts):
-        if c:
-            torch.mm(xs[start:start + c], w13[e].t(), out=h13[start:start + c])
-            start += c
+    h13 = _grouped_mm(xs, w13, counts)  # [n, 2I]
     gate, up = h13.chunk(2, dim=-1)  # [n, I] each
-    act = F.silu(gate) * up
-    ys = torch.empty_like(xs)  # [n, h]
-    start = 0
-    for e, c in enumerate(counts):
-        if c:
-            torch.mm(act[start:start + c], w2[e].t(), out=ys[start:start + c])
-            start += c
+    ys = _grouped_mm(F.silu(gate) * up, w2, counts)  # [n, h]
     weights = topk_weights.to(torch.float32).flatten()[entries]  # [n]
     out.index_add_(0, tokens, ys.to(torch.float32) * weights[:, None])
     return out.to(x.dtype)
+
+
+def _grouped_mm(rows: torch.Tensor, weights: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """rows [n, a] grouped by expert (counts[e] rows for expert e) times weights[e] [b, a]^T -> [n, b]."""
+    parts, start = [], 0
+    for e, c in enumerate(counts):
+        if c:
+            parts.append(rows[start:start + c] @ weights[e].t())
+            start += c
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
