@@ -46,10 +46,25 @@ def moe_experts_ref(
 
 
 def _grouped_mm(rows: torch.Tensor, weights: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """rows [n, a] grouped by expert (counts[e] rows for expert e) times weights[e] [b, a]^T -> [n, b]."""
+    """rows [n, a] grouped by expert (counts[e] rows for expert e) times weights[e] [b, a]^T -> [n, b].
+
+    Inference uses torch's native grouped GEMM (one op for all experts) where this torch has it and
+    the operands are 16-byte aligned, as it requires; under autograd (demo training), and otherwise,
+    one matmul per used expert."""
+    if (_HAS_GROUPED_MM and not (torch.is_grad_enabled() and (rows.requires_grad or weights.requires_grad))
+            and _aligned16(rows) and _aligned16(weights)):
+        offs = torch.tensor(counts, dtype=torch.int32, device=rows.device).cumsum(0, dtype=torch.int32)  # [E] row ends
+        return torch._grouped_mm(rows, weights.transpose(1, 2), offs=offs)
     parts, start = [], 0
     for e, c in enumerate(counts):
         if c:
             parts.append(rows[start:start + c] @ weights[e].t())
             start += c
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _aligned16(t: torch.Tensor) -> bool:
+    return t.stride(-1) == 1 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
+
+
+_HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
