@@ -28,6 +28,7 @@ def test_moe_reference_equals_the_per_token_formula(tokens, experts, offset, hid
     w2 = torch.randn(experts, hidden, inter, generator=g) * 0.3
     ids = torch.randint(0, 12, (tokens, 2), generator=g)  # some ids fall outside [offset, offset + E)
     ids[::4, 1] = -1  # dropped slots (expert_threshold)
+    ids[0, 0] = offset  # at least one local entry
     weights = torch.rand(tokens, 2, generator=g)
     if grad:
         x.requires_grad_()
