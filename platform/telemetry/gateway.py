@@ -12,6 +12,7 @@ With the no-op telemetry every call returns at once (outgoing() hands the metada
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from typing import Any, Sequence
@@ -123,6 +124,9 @@ class GatewayTelemetry:
         return behavior
 
     def _wrap_stream(self, method: str, inner):
+        if not inspect.isasyncgenfunction(inner):  # a coroutine writing with context.write(): no relay
+            return self._wrap_unary(method, inner)
+
         async def behavior(request, context):
             span, token, started = self._start(method, context.invocation_metadata())
             exc: BaseException | None = None
