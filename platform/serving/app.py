@@ -94,7 +94,8 @@ class EngineServer:
         self.telemetry = _instrument(self.engine, self.model_name)
 
     # ---- Generation --------------------------------------------------------------------------
-    def _start(self, request: pb.GenerateRequest, grpc_context) -> tuple[str, AsyncIterator]:
+    def _start(self, request: pb.GenerateRequest, grpc_context) -> tuple[str, AsyncIterator, Any]:
+        """(request id, the engine's output stream, its RequestTrace or None)."""
         if request.model and request.model != self.model_name:
             raise _fail(grpc_context, InvalidRequestError(
                 f"model {request.model!r} is not served here; this endpoint serves {self.model_name!r}"))
@@ -104,32 +105,48 @@ class EngineServer:
             # The engine id is unique even when a client retries with the same request id.
             engine_id = f"{request_id}:{uuid.uuid4().hex[:8]}"
             stream = self.engine.generate(request.input, params, request_id=engine_id)
-            if self.telemetry is not None:
-                stream = self.telemetry.trace(stream, engine_id, request, grpc_context)
         except Exception as exc:
             raise _fail(grpc_context, exc) from None
-        return request_id, stream
+        traced = self.telemetry.start_request(engine_id, request, grpc_context) if self.telemetry is not None else None
+        return request_id, stream, traced
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> pb.GenerateResponse:
-        request_id, stream = self._start(request, grpc_context)
-        text, last = [], None
+        request_id, stream, traced = self._start(request, grpc_context)
+        text, last, error = [], None, None
         try:
             async for out in stream:
+                if traced is not None:
+                    traced.output(out)
                 text.append(out.text_delta)
                 last = out
-        except Exception as exc:
-            raise _fail(grpc_context, exc) from None
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, Exception):
+                raise _fail(grpc_context, exc) from None
+            raise
+        finally:
+            await stream.aclose()
+            if traced is not None:
+                traced.end(error)
         return protocol.unary_response(request_id, self.model_name, "".join(text), last)
 
     async def GenerateStream(self, request: pb.GenerateRequest, grpc_context=None) -> AsyncIterator[pb.GenerateStreamResponse]:
-        request_id, stream = self._start(request, grpc_context)
+        request_id, stream, traced = self._start(request, grpc_context)
+        error = None
         try:
             async for out in stream:
+                if traced is not None:
+                    traced.output(out)
                 yield protocol.stream_message(request_id, out)
-        except Exception as exc:
-            raise _fail(grpc_context, exc) from None
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, Exception):
+                raise _fail(grpc_context, exc) from None
+            raise
         finally:
             await stream.aclose()  # a client that went away cancels the request here
+            if traced is not None:
+                traced.end(error)
 
     async def CountTokens(self, request: pb.CountTokensRequest, grpc_context=None) -> pb.CountTokensResponse:
         if request.model and request.model != self.model_name:

@@ -1,12 +1,15 @@
 """The engine's telemetry: a span tree per request, gen_ai latency metrics, capacity and MoE gauges.
 
     tel = instrument_engine(async_engine, model_name)          # once per engine (replica)
-    stream = tel.trace(async_engine.generate(...), engine_request_id, request, grpc_context)
+    traced = tel.start_request(engine_request_id, request, grpc_context)   # None when telemetry is off
+    async for out in async_engine.generate(...): traced.output(out); ...
+    traced.end(error)                                          # after closing the stream
 
 The hook points in the engine:
-- `trace` wraps a request's output stream on the event loop: the request span (a child of the
-  gateway's span, from the traceparent in the gRPC metadata), a `gen_ai.first_token` event, the
-  `engine.finish` span, and TTFT / TPOT / duration / token metrics;
+- `start_request` opens, on the event loop, the request span (a child of the gateway's span, from
+  the traceparent in the gRPC metadata); its RequestTrace sees every output inline (no relaying
+  generator: the `gen_ai.first_token` event and TTFT) and ends with the `engine.finish` span and
+  TPOT / duration / token metrics;
 - `LLMEngine.observer` (this object) is told about every step in the engine's loop thread:
   `engine.queue` ends when a request is first scheduled, each prefill chunk is an
   `engine.prefill` span, the decode steps form one `engine.decode` span, a preemption is an
@@ -173,21 +176,16 @@ class EngineTelemetry:
         self._m.restarts.add(1, {**self.attributes, "reason": type(exc).__name__})
 
     # -- called on the event loop ----------------------------------------------------------------
-    async def trace(self, stream: AsyncIterator, engine_request_id: str, request: Any,
-                    grpc_context: Any = None) -> AsyncIterator:
-        """Wrap a request's output stream (AsyncEngine.generate) with its span and metrics.
+    def start_request(self, engine_request_id: str, request: Any, grpc_context: Any = None) -> "RequestTrace | None":
+        """Open a request's span (a child of the caller's, from the traceparent in the gRPC
+        metadata) and its queue span. The server calls `output()` for every output of the request's
+        stream and `end()` once after closing it. None when telemetry is off.
 
         `request` is the GenerateRequest; `grpc_context` supplies the caller's traceparent (Ray
         Serve's context and grpc.aio's both have invocation_metadata())."""
         if not self.enabled:
-            try:
-                async for out in stream:
-                    yield out
-            finally:
-                await stream.aclose()
-            return
+            return None
         m = self._m
-        started = time.perf_counter()
         metadata = grpc_context.invocation_metadata() if grpc_context is not None else None
         attrs = {names.OPERATION: names.OPERATION_VALUE, names.REQUEST_MODEL: self.model_name,
                  "gen_ai.request.max_tokens": request.max_output_tokens, "minimax_m1.request_id": request.request_id,
@@ -200,24 +198,7 @@ class EngineTelemetry:
         live = _Live(span, ctx, queue=m.tracer.start_span("engine.queue", context=ctx))
         with self._lock:
             self._live[engine_request_id] = live
-        first = last_at = None
-        last = None
-        error: BaseException | None = None
-        try:
-            async for out in stream:
-                if first is None and out.output_tokens:
-                    first = time.perf_counter()
-                    span.add_event("gen_ai.first_token")
-                    m.ttft.record(first - started, self.attributes)
-                last, last_at = out, time.perf_counter()
-                yield out
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            finish_ns = time.time_ns()
-            await stream.aclose()  # a consumer that went away: the engine frees the request's state now
-            self._finish(live, engine_request_id, started, first, last_at, last, error, finish_ns)
+        return RequestTrace(self, live, engine_request_id)
 
     def _finish(self, live: _Live, engine_request_id: str, started: float, first: float | None,
                 last_at: float | None, last: Any, error: BaseException | None, finish_ns: int) -> None:
@@ -272,6 +253,32 @@ class EngineTelemetry:
             live.decode = None
 
 
+class RequestTrace:
+    """One request's telemetry while it streams (event loop only): the first-token event and TTFT on
+    the first output with tokens; spans, TPOT, duration and token counts at `end()`."""
+
+    __slots__ = ("_tel", "_live", "_id", "_started", "_first", "_last", "_last_at")
+
+    def __init__(self, tel: EngineTelemetry, live: _Live, engine_request_id: str):
+        self._tel, self._live, self._id = tel, live, engine_request_id
+        self._started = time.perf_counter()
+        self._first = self._last = self._last_at = None
+
+    def output(self, out: Any) -> None:
+        """Every RequestOutput of the request's stream, in order."""
+        if self._first is None and out.output_tokens:
+            self._first = time.perf_counter()
+            self._live.span.add_event("gen_ai.first_token")
+            self._tel._m.ttft.record(self._first - self._started, self._tel.attributes)
+        self._last, self._last_at = out, time.perf_counter()
+
+    def end(self, error: BaseException | None = None) -> None:
+        """After the stream closed (finished, failed with `error`, or cancelled: GeneratorExit /
+        CancelledError)."""
+        self._tel._finish(self._live, self._id, self._started, self._first, self._last_at, self._last, error,
+                          time.time_ns())
+
+
 def _error_type(error: BaseException | None) -> str | None:
     if error is None:
         return None
@@ -292,4 +299,4 @@ def instrument_engine(async_engine: Any, model_name: str, telemetry: Telemetry |
     return tel
 
 
-__all__ = ["EngineTelemetry", "EngineMetrics", "instrument_engine"]
+__all__ = ["EngineTelemetry", "EngineMetrics", "RequestTrace", "instrument_engine"]
