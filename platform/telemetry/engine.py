@@ -10,10 +10,12 @@ The hook points in the engine:
   the traceparent in the gRPC metadata); its RequestTrace sees every output inline (no relaying
   generator: the `gen_ai.first_token` event and TTFT) and ends with the `engine.finish` span and
   TPOT / duration / token metrics;
-- `LLMEngine.observer` (this object) is told about every step in the engine's loop thread:
-  `engine.queue` ends when a request is first scheduled, each prefill chunk is an
-  `engine.prefill` span, the decode steps form one `engine.decode` span, a preemption is an
-  `engine.preemption` event (and the request queues again); expert counts feed the load metrics;
+- `LLMEngine.observer` (this object) is told about every step in the engine's loop thread, and
+  only notes times there (the step loop is the engine's critical path): `engine.queue` ends when
+  a request is first scheduled, each prefill chunk is an `engine.prefill` span, a run of decode
+  steps is an `engine.decode` span, a preemption is an `engine.preemption` event (and the request
+  queues again); the event loop emits these spans, with their recorded times, when the request
+  ends. Expert counts feed the load metrics;
 - `wants_routing()` asks the engine to collect expert counts this step, every `expert_load_every`
   steps (collecting costs the model a little per step). The load counter adds the counts of those
   sampled steps times `expert_load_every`, an unbiased estimate; 1 makes it exact. Steps that
@@ -28,7 +30,7 @@ import asyncio
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from opentelemetry import trace
@@ -44,15 +46,32 @@ _IMBALANCE_DECAY = 0.98  # per sampled step: the imbalance gauge looks at roughl
 
 @dataclass(eq=False)
 class _Live:
-    """Open spans of one request (touched by the loop thread and the event loop, under the lock)."""
+    """One request's timeline while it runs. The loop thread only appends plain tuples here (span
+    objects cost the step loop, the engine's critical path); the event loop turns them into spans
+    when the request ends. Shared under the EngineTelemetry lock."""
 
     span: Any
     context: Any
-    queue: Any = None
-    decode: Any = None
-    decode_steps: int = 0
+    queued_ns: int | None  # the current wait in the queue began (None while scheduled)
+    requeued: bool = False
+    decode_ns: int | None = None  # the current run of decode steps began
+    decode_steps: int = 0  # in the current run
+    total_decode_steps: int = 0
     prefill_chunks: int = 0
     preemptions: int = 0
+    # ("queue", start, end, requeued) | ("prefill", start, end, attrs) | ("decode", start, end, steps)
+    # | ("preemption", at, attrs)
+    phases: list = field(default_factory=list)
+
+    def end_queue(self, at_ns: int) -> None:
+        if self.queued_ns is not None:
+            self.phases.append(("queue", self.queued_ns, at_ns, self.requeued))
+            self.queued_ns = None
+
+    def end_decode(self, at_ns: int) -> None:
+        if self.decode_ns is not None:
+            self.phases.append(("decode", self.decode_ns, at_ns, self.decode_steps))
+            self.decode_ns, self.decode_steps = None, 0
 
 
 class EngineMetrics:
@@ -137,40 +156,36 @@ class EngineTelemetry:
                 self._recent.mul_(_IMBALANCE_DECAY).add_(step)
         if not self._live:
             return
-        tracer = self._m.tracer
         with self._lock:
             for seq in batch.preempted:
                 live = self._live.get(seq.request_id)
                 if live is None:
                     continue
                 live.preemptions += 1
-                live.span.add_event("engine.preemption", {"engine.computed_tokens_lost": seq.num_tokens,
-                                                          "engine.preemptions": live.preemptions}, timestamp=started_ns)
-                self._end_decode(live, started_ns)
-                if live.queue is None:
-                    live.queue = tracer.start_span("engine.queue", context=live.context, start_time=started_ns,
-                                                   attributes={"engine.requeued": True})
+                live.phases.append(("preemption", started_ns, {"engine.computed_tokens_lost": seq.num_tokens,
+                                                               "engine.preemptions": live.preemptions}))
+                live.end_decode(started_ns)
+                if live.queued_ns is None:
+                    live.queued_ns, live.requeued = started_ns, True
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
                 live = self._live.get(seq.request_id)
                 if live is None:
                     continue
-                if live.queue is not None:
-                    live.queue.end(end_time=started_ns)
-                    live.queue = None
+                live.end_queue(started_ns)
                 start = seq.num_computed - n
                 if n > 1 or start < len(seq.prompt_ids):
                     live.prefill_chunks += 1
-                    chunk = tracer.start_span("engine.prefill", context=live.context, start_time=started_ns, attributes={
+                    live.phases.append(("prefill", started_ns, ended_ns, {
                         "engine.chunk.start": start, "engine.chunk.tokens": n, "engine.chunk.index": live.prefill_chunks,
                         "engine.batch.sequences": len(batch.seqs), "engine.batch.tokens": batch.num_tokens,
-                        "engine.recompute": start < seq.num_counted and live.preemptions > 0})
-                    chunk.end(end_time=ended_ns)
+                        "engine.recompute": start < seq.num_counted and live.preemptions > 0}))
                 else:
-                    if live.decode is None:
-                        live.decode = tracer.start_span("engine.decode", context=live.context, start_time=started_ns)
+                    if live.decode_ns is None:
+                        live.decode_ns = started_ns
                     live.decode_steps += 1
+                    live.total_decode_steps += 1
                 if seq.finish_reason is not None:
-                    self._end_decode(live, ended_ns)
+                    live.end_decode(ended_ns)
 
     def on_instance_failure(self, exc: BaseException) -> None:
         self._m.restarts.add(1, {**self.attributes, "reason": type(exc).__name__})
@@ -194,8 +209,7 @@ class EngineTelemetry:
             attrs["gen_ai.prompt"] = request.input
         span = m.tracer.start_span(f"{names.OPERATION_VALUE} {self.model_name}", context=extract_context(metadata),
                                    kind=SpanKind.SERVER, attributes=attrs)
-        ctx = trace.set_span_in_context(span)
-        live = _Live(span, ctx, queue=m.tracer.start_span("engine.queue", context=ctx))
+        live = _Live(span, trace.set_span_in_context(span), queued_ns=time.time_ns())
         with self._lock:
             self._live[engine_request_id] = live
         return RequestTrace(self, live, engine_request_id)
@@ -205,12 +219,24 @@ class EngineTelemetry:
         m = self._m
         with self._lock:
             self._live.pop(engine_request_id, None)
-            if live.queue is not None:
-                live.queue.end(end_time=finish_ns)
-            self._end_decode(live, finish_ns)
+            live.end_queue(finish_ns)
+            live.end_decode(finish_ns)
+        for phase in live.phases:
+            kind = phase[0]
+            if kind == "preemption":
+                live.span.add_event("engine.preemption", phase[2], timestamp=phase[1])
+                continue
+            if kind == "queue":
+                attrs = {"engine.requeued": True} if phase[3] else None
+            elif kind == "prefill":
+                attrs = phase[3]
+            else:
+                attrs = {"engine.decode_steps": phase[3]}
+            m.tracer.start_span(f"engine.{kind}", context=live.context, start_time=phase[1],
+                                attributes=attrs).end(end_time=phase[2])
         error_type = _error_type(error)
         finish = m.tracer.start_span("engine.finish", context=live.context, start_time=finish_ns)
-        attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": live.decode_steps,
+        attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": live.total_decode_steps,
                                  "engine.preemptions": live.preemptions}
         if last is not None:
             attrs.update({"gen_ai.usage.input_tokens": last.input_tokens, "gen_ai.usage.output_tokens": last.output_tokens,
@@ -245,12 +271,6 @@ class EngineTelemetry:
         ratio = recent.max(dim=1).values / mean.clamp_min(1e-12)
         return [float(r) if m > 0 else 1.0 for r, m in zip(ratio.tolist(), mean.tolist())]
 
-    @staticmethod
-    def _end_decode(live: _Live, end_ns: int) -> None:
-        if live.decode is not None:
-            live.decode.set_attribute("engine.decode_steps", live.decode_steps)
-            live.decode.end(end_time=end_ns)
-            live.decode = None
 
 
 class RequestTrace:
