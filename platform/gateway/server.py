@@ -336,7 +336,7 @@ def _unary(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A server-streaming handler as a coroutine that writes each message (grpc.aio's other form): a
-    wrapper around it (the telemetry interceptor) then costs nothing per message."""
+    wrapper around it (the telemetry's server span) then costs nothing per message."""
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> None:
         try:
             async for msg in fn(raw, context):
@@ -348,15 +348,22 @@ def _streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
-def _generic_handler(gw: Gateway) -> grpc.GenericRpcHandler:
+def _generic_handler(gw: Gateway, telemetry: Any = None) -> grpc.GenericRpcHandler:
     # Requests arrive as raw bytes (no deserializer) so that a malformed message is answered with
     # INVALID_ARGUMENT by the gateway instead of an opaque deserialization failure.
     ser = lambda m: m.SerializeToString()  # noqa: E731
+
+    def traced(method: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        return telemetry.traced(method, handler) if telemetry is not None else handler
+
     return grpc.method_handlers_generic_handler(SERVICE, {
-        "Generate": grpc.unary_unary_rpc_method_handler(_unary(gw.generate), response_serializer=ser),
-        "GenerateStream": grpc.unary_stream_rpc_method_handler(_streaming(gw.generate_stream), response_serializer=ser),
-        "CountTokens": grpc.unary_unary_rpc_method_handler(_unary(gw.count_tokens), response_serializer=ser),
-        "ListModels": grpc.unary_unary_rpc_method_handler(_unary(gw.list_models), response_serializer=ser),
+        "Generate": grpc.unary_unary_rpc_method_handler(traced("Generate", _unary(gw.generate)), response_serializer=ser),
+        "GenerateStream": grpc.unary_stream_rpc_method_handler(traced("GenerateStream", _streaming(gw.generate_stream)),
+                                                               response_serializer=ser),
+        "CountTokens": grpc.unary_unary_rpc_method_handler(traced("CountTokens", _unary(gw.count_tokens)),
+                                                           response_serializer=ser),
+        "ListModels": grpc.unary_unary_rpc_method_handler(traced("ListModels", _unary(gw.list_models)),
+                                                          response_serializer=ser),
     })
 
 
@@ -453,13 +460,13 @@ async def start_gateway(config: GatewayConfig, hooks: Sequence[BillingHook] = ()
         deliveries.append(d)
     tel = telemetry if telemetry is not None else _default_telemetry()
     if tel is not None and not tel.enabled:
-        tel = None  # the no-op telemetry: skip the interceptor and hooks entirely (set telemetry up first)
+        tel = None  # the no-op telemetry: skip the traced handlers and hooks entirely (set telemetry up first)
     gw = Gateway(config, KeyStore(db), ledger, quotas, deliveries, tel)
 
-    server = grpc.aio.server(interceptors=[tel.server_interceptor()] if tel is not None else None, options=[("grpc.max_receive_message_length", config.max_message_bytes),
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
                                       ("grpc.max_send_message_length", config.max_message_bytes),
                                       ("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((_generic_handler(gw),))
+    server.add_generic_rpc_handlers((_generic_handler(gw, tel),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -1,7 +1,7 @@
 """The gateway's telemetry: a server span per Generation RPC, its context sent upstream, metrics.
 
     tel = gateway_telemetry()                       # for the process's telemetry (current())
-    grpc.aio.server(interceptors=[tel.server_interceptor()], ...)
+    handler = tel.traced("GenerateStream", handler)   # each Generation handler, when the server is built
     upstream.GenerateStream(req, metadata=tel.outgoing(base_metadata))   # W3C traceparent upstream
     tel.quota_rejected(tenant, limit)
     tel.call_finished(tenant, status, input_tokens, output_tokens)
@@ -12,7 +12,6 @@ With the no-op telemetry every call returns at once (outgoing() hands the metada
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from typing import Any, Sequence
@@ -29,7 +28,6 @@ from minimax_m1.telemetry.setup import Telemetry, current
 log = logging.getLogger(__name__)
 
 SERVICE = "minimax.m1.v1.Generation"
-_TRACED_PREFIX = f"/{SERVICE}/"
 # Server-side codes that mean the service failed (not the caller), as the RPC conventions say.
 _SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 
@@ -82,9 +80,6 @@ class GatewayTelemetry:
             span.set_attributes({"minimax_m1.tenant": tenant, "minimax_m1.call.status": status,
                                  "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": output_tokens})
 
-    def server_interceptor(self) -> grpc.aio.ServerInterceptor:
-        return _ServerInterceptor(self)
-
     def start_outbox_probe(self, db: Any, hooks: Sequence[str], interval_s: float = 5.0) -> "OutboxProbe":
         probe = OutboxProbe(self, db, hooks, interval_s)
         probe.start()
@@ -110,29 +105,15 @@ class GatewayTelemetry:
         except Exception:  # a stream closed from another task: its context is gone already
             pass
 
-    def _wrap_unary(self, method: str, inner):
+    def traced(self, method: str, handler):
+        """A Generation handler (a coroutine: the streaming one writes with context.write) run under
+        a server span, with the requests and duration metrics. Wrapped once when the server is
+        built: no interceptor runs per call, and no message passes through this wrapper."""
         async def behavior(request, context):
             span, token, started = self._start(method, context.invocation_metadata())
             exc: BaseException | None = None
             try:
-                return await inner(request, context)
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                self._end(method, span, token, started, _code_name(context, exc))
-        return behavior
-
-    def _wrap_stream(self, method: str, inner):
-        if not inspect.isasyncgenfunction(inner):  # a coroutine writing with context.write(): no relay
-            return self._wrap_unary(method, inner)
-
-        async def behavior(request, context):
-            span, token, started = self._start(method, context.invocation_metadata())
-            exc: BaseException | None = None
-            try:
-                async for msg in inner(request, context):
-                    yield msg
+                return await handler(request, context)
             except BaseException as e:
                 exc = e
                 raise
@@ -151,30 +132,6 @@ class GatewayTelemetry:
 
         return [Observation(pending, {"hook": hook}) for hook, (_, pending) in list(self._outbox.items())]
 
-
-class _ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tel: GatewayTelemetry):
-        self._tel = tel
-        self._wrapped: dict[tuple[str, int], Any] = {}  # (method, id(handler)) -> traced handler
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or not self._tel.enabled or not details.method.startswith(_TRACED_PREFIX):
-            return handler  # health checks and reflection are not traced
-        key = (details.method, id(handler))
-        traced = self._wrapped.get(key)
-        if traced is None:  # the generic handler hands out one handler per method: wrap it once
-            traced = self._wrapped[key] = self._wrap(details.method[len(_TRACED_PREFIX):], handler)
-        return traced
-
-    def _wrap(self, method: str, handler):
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(self._tel._wrap_unary(method, handler.unary_unary),
-                                                       handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(self._tel._wrap_stream(method, handler.unary_stream),
-                                                        handler.request_deserializer, handler.response_serializer)
-        return handler
 
 
 class OutboxProbe:
