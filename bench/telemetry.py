@@ -4,11 +4,13 @@
 
 Two copies of the platform run as processes, as in a cluster: an engine (the Engine deployment's
 class on gRPC; in-process model instance) and a gateway (`python -m minimax_m1.gateway`, quotas and
-the SQLite ledger on) in front of it.
+the SQLite ledger on, the billing outbox feeding the OpenTelemetry-metrics hook at the default
+0.2 s poll) in front of it.
 - "on": both with telemetry as deployed: spans through a batch processor to OTLP/gRPC (a real
-  receiver, tests/telemetry/otlp_receiver.py, in its own process), metrics pushed over OTLP and served on a Prometheus endpoint, with
-  the OpenTelemetry default intervals (metrics every 10 s, spans batched every 5 s) and a scrape
-  every --scrape-interval seconds (the chart's monitors use 30 s); expert load collected every step;
+  receiver, tests/telemetry/otlp_receiver.py, in its own process), metrics pushed over OTLP and
+  served on a Prometheus endpoint, with the OpenTelemetry default intervals (metrics every 10 s,
+  spans batched every 5 s) and a scrape every --scrape-interval seconds (the chart's monitors use
+  30 s); expert load sampled as deployed (every 32nd step, MINIMAX_M1_EXPERT_LOAD_EVERY);
 - "off": the same processes without telemetry (no OTLP endpoint, no metrics port).
 The load is --concurrency streaming callers (this process), 32 output tokens per request: by default
 twice the engine's batch, so the engine is saturated and the figure is its throughput, not the
@@ -134,7 +136,7 @@ def main() -> int:
         endpoint = f"http://127.0.0.1:{receiver.stdout.readline().split()[-1]}"
         on = PlatformProcesses(model, os.path.join(tmp, "on"), endpoint, True, ENGINE, NO_LIMITS,
                                fast_export=False)
-        off = PlatformProcesses(model, os.path.join(tmp, "off"), None, False, ENGINE, NO_LIMITS)
+        off = PlatformProcesses(model, os.path.join(tmp, "off"), None, False, ENGINE, NO_LIMITS, fast_export=False)
         os.makedirs(on.tmp), os.makedirs(off.tmp)
         results: dict[str, list[float]] = {"off": [], "on": []}
         cpu: dict[str, list[list[float]]] = {"off": [], "on": []}

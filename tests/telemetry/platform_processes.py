@@ -85,7 +85,7 @@ class PlatformProcesses:
     telemetry: bool = True
     engine: dict = field(default_factory=lambda: dict(ENGINE))
     quotas: dict = field(default_factory=lambda: {"tenants": {"limited": {"requests_per_minute": 2}}})
-    fast_export: bool = True
+    fast_export: bool = True  # short export/outbox intervals for tests; False: the deployed defaults
     engine_port: int = 0
     engine_metrics_port: int = 0
     gateway_port: int = 0
@@ -123,8 +123,9 @@ class PlatformProcesses:
         self.gateway_metrics_port = free_port() if self.telemetry else 0
         config = {"host": "127.0.0.1", "port": self.gateway_port,
                   "upstream": {"target": f"127.0.0.1:{self.engine_port}"}, "quotas": self.quotas,
-                  "billing": {"database": database, "outbox_poll_s": 0.1,
-                              "hooks": [{"kind": "otel_metrics", "name": "otel_metrics"}]}}
+                  "billing": {"database": database, "hooks": [{"kind": "otel_metrics", "name": "otel_metrics"}],
+                              # tests want billed usage within a second; otherwise the gateway's default
+                              **({"outbox_poll_s": 0.1} if self.fast_export else {})}}
         path = os.path.join(self.tmp, "gateway.json")
         with open(path, "w") as f:
             json.dump(config, f)
