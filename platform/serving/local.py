@@ -6,12 +6,31 @@
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 from minimax_m1.serving.app import GRPC_SERVICER_FUNCTIONS, build_app
 
 APP_NAME = "minimax-m1"
+log = logging.getLogger(__name__)
+
+
+def _init_local_ray(num_cpus: int | None, attempts: int = 2) -> None:
+    """Start a local Ray. Ray gives a new raylet a fixed 30 s to register with its GCS, and on a
+    busy machine one now and then never does ("The current node timed out during startup"): that
+    case gets one more attempt after a clean shutdown; any other error is raised at once."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("local Ray did not start (%s); trying again", exc)
+            ray.shutdown()
 
 
 @dataclass
@@ -33,7 +52,7 @@ class LocalServe:
 
         owns_ray = not ray.is_initialized()
         if owns_ray:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            _init_local_ray(num_cpus)
         serve.start(http_options=HTTPOptions(host="127.0.0.1", port=http_port),
                     grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS))
         # A route prefix makes the app routable; as the only app, gRPC calls need no `application` metadata.
