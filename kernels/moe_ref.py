@@ -4,9 +4,9 @@ Legend: T tokens, K experts per token, E local experts, n routed entries (token,
 h hidden, I expert intermediate size.
 Expert e computes w2 (silu(w1 x) * w3 x); w1 and w3 are stored fused as w13 = [w1; w3].
 
-The entries are sorted by expert once; each used expert then costs exactly two GEMMs, and the
-gather, activation, weighting and scatter run once for all experts. On a CPU, decode steps give each expert a handful of rows, so the number of ops per
-expert, not FLOPs, sets the time.
+The entries are sorted by expert once; the experts' GEMMs then run as two grouped GEMMs, and the
+gather, activation, weighting and scatter run once for all experts. On a CPU, decode steps give
+each expert a handful of rows, so the number of ops per expert, not FLOPs, sets the time.
 """
 from __future__ import annotations
 
