@@ -121,10 +121,20 @@ def test_hung_expert_worker_fails_by_the_collective_timeout(make_instance, relea
     instance = make_instance(release_ckpt, plan, collective_timeout_s=5.0, step_timeout_s=600.0, health_timeout_s=3.0)
     victim = plan.expert_ranks[0]
     pid = instance.worker_pids()[victim]
-    os.kill(pid, signal.SIGSTOP)  # alive but silent: no socket closes, only the timeout can tell
+
+    def stop_midway(step: int) -> None:
+        # Serving, then alive but silent: no socket closes, only the timeout can tell. The victim
+        # is stopped while it waits for the next step (given time to get back to its receive), so
+        # the leader's step message lands and the MoE exchange is what times out. A worker stopped
+        # before it posts that receive holds up the leader's control message instead, whose group
+        # waits as long as the idle timeout: step_timeout_s is the backstop for that case.
+        if step == 1:
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGSTOP)
+
     try:
         with pytest.raises(InstanceDeadError) as failed:
-            greedy(instance.step, new_tokens=NEW_TOKENS)
+            greedy(instance.step, new_tokens=NEW_TOKENS, on_step=stop_midway)
         message = str(failed.value)
         assert "unresponsive: expert worker 0 (world rank 1)" in message
         assert "step_timeout_s" not in message  # the collective timeout fired, not the step's
