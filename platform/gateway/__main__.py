@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import signal
 import sys
 
@@ -92,8 +93,9 @@ async def serve(config: GatewayConfig, grace: float) -> None:
 
     handle = await start_gateway(config)
     await ensure_local_key(handle.keys, env_api_key())  # registers $MINIMAX_M1_API_KEY only; never prints
-    gc.collect()
-    gc.freeze()  # the startup heap leaves the cyclic GC: full collections stop walking grpc/OTel/sqlite objects
+    if os.environ.get("MINIMAX_M1_GC_FREEZE", "1") != "0":  # as the engine replica does (docs/engine.md)
+        gc.collect()
+        gc.freeze()  # the startup heap leaves the cyclic GC: full collections stop walking grpc/OTel/sqlite objects
     print(f"gateway listening on {config.host}:{handle.port} -> upstream {config.upstream.target}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
