@@ -29,7 +29,8 @@ def moe_experts_ref(
     valid = (local >= 0) & (local < num_local)
     flat_ids = torch.where(valid, local, num_local).flatten()  # [T*K], num_local = skip
     order = torch.argsort(flat_ids, stable=True)  # [T*K] entries grouped by expert; skipped ones last
-    counts = torch.bincount(flat_ids, minlength=num_local + 1).tolist()[:num_local]
+    counts_t = torch.bincount(flat_ids, minlength=num_local + 1)[:num_local]  # [E]
+    counts = counts_t.tolist()
     n = sum(counts)
     out = torch.zeros(t, x.shape[1], dtype=torch.float32, device=x.device)  # [T, h]
     if n == 0:
@@ -37,24 +38,25 @@ def moe_experts_ref(
     entries = order[:n]  # [n] entry index (token * K + slot), grouped by expert
     tokens = entries // k  # [n]
     xs = x.index_select(0, tokens)  # [n, h]
-    h13 = _grouped_mm(xs, w13, counts)  # [n, 2I]
+    ends = counts_t.cumsum(0, dtype=torch.int32)  # [E] row ends, for both grouped GEMMs
+    h13 = _grouped_mm(xs, w13, counts, ends)  # [n, 2I]
     gate, up = h13.chunk(2, dim=-1)  # [n, I] each
-    ys = _grouped_mm(F.silu(gate) * up, w2, counts)  # [n, h]
+    ys = _grouped_mm(F.silu(gate) * up, w2, counts, ends)  # [n, h]
     weights = topk_weights.to(torch.float32).flatten()[entries]  # [n]
     out.index_add_(0, tokens, ys.to(torch.float32) * weights[:, None])
     return out.to(x.dtype)
 
 
-def _grouped_mm(rows: torch.Tensor, weights: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """rows [n, a] grouped by expert (counts[e] rows for expert e) times weights[e] [b, a]^T -> [n, b].
+def _grouped_mm(rows: torch.Tensor, weights: torch.Tensor, counts: list[int], ends: torch.Tensor) -> torch.Tensor:
+    """rows [n, a] grouped by expert (counts[e] rows for expert e, ending at row ends[e]) times
+    weights[e] [b, a]^T -> [n, b].
 
     Inference uses torch's native grouped GEMM (one op for all experts) where this torch has it and
     the operands are 16-byte aligned, as it requires; under autograd (demo training), and otherwise,
     one matmul per used expert."""
     if (_HAS_GROUPED_MM and not (torch.is_grad_enabled() and (rows.requires_grad or weights.requires_grad))
             and _aligned16(rows) and _aligned16(weights)):
-        offs = torch.tensor(counts, dtype=torch.int32, device=rows.device).cumsum(0, dtype=torch.int32)  # [E] row ends
-        return torch._grouped_mm(rows, weights.transpose(1, 2), offs=offs)
+        return torch._grouped_mm(rows, weights.transpose(1, 2), offs=ends)
     parts, start = [], 0
     for e, c in enumerate(counts):
         if c:

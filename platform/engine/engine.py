@@ -217,7 +217,7 @@ class LLMEngine:
         collect = collect or any(s.routing is not None or s.params.expert_threshold is not None for s in seqs)
         order = sorted(range(len(seqs)), key=lambda i: lens[i] != 1)  # stable: decodes first, then chunks
         result = self.instance.step(self._step_request([seqs[i] for i in order], [lens[i] for i in order], collect))
-        if order == sorted(order):
+        if all(i == j for i, j in enumerate(order)):  # already decodes first
             return result.logits, result.expert_counts
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[order] = torch.arange(len(order))
