@@ -10,6 +10,7 @@ engine's one error table.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -125,15 +126,16 @@ class EngineServer:
         traced = self.telemetry.start_request(engine_id, request, grpc_context) if self.telemetry is not None else None
         return request_id, stream, traced
 
-    async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> pb.GenerateResponse:
+    async def _outputs(self, request: pb.GenerateRequest, grpc_context) -> AsyncIterator[tuple[str, Any]]:
+        """(request id, RequestOutput) for each output of the request; engine errors become gRPC
+        statuses; closing it (a client that went away) cancels the request and ends its trace."""
         request_id, stream, traced = self._start(request, grpc_context)
-        text, last, error = [], None, None
+        error = None
         try:
             async for out in stream:
                 if traced is not None:
                     traced.output(out)
-                text.append(out.text_delta)
-                last = out
+                yield request_id, out
         except BaseException as exc:
             error = exc
             if isinstance(exc, Exception):
@@ -143,25 +145,19 @@ class EngineServer:
             await stream.aclose()
             if traced is not None:
                 traced.end(error)
+
+    async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> pb.GenerateResponse:
+        request_id, text, last = request.request_id, [], None
+        async with contextlib.aclosing(self._outputs(request, grpc_context)) as outputs:
+            async for request_id, out in outputs:
+                text.append(out.text_delta)
+                last = out
         return protocol.unary_response(request_id, self.model_name, "".join(text), last)
 
     async def GenerateStream(self, request: pb.GenerateRequest, grpc_context=None) -> AsyncIterator[pb.GenerateStreamResponse]:
-        request_id, stream, traced = self._start(request, grpc_context)
-        error = None
-        try:
-            async for out in stream:
-                if traced is not None:
-                    traced.output(out)
+        async with contextlib.aclosing(self._outputs(request, grpc_context)) as outputs:
+            async for request_id, out in outputs:
                 yield protocol.stream_message(request_id, out)
-        except BaseException as exc:
-            error = exc
-            if isinstance(exc, Exception):
-                raise _fail(grpc_context, exc) from None
-            raise
-        finally:
-            await stream.aclose()  # a client that went away cancels the request here
-            if traced is not None:
-                traced.end(error)
 
     async def CountTokens(self, request: pb.CountTokensRequest, grpc_context=None) -> pb.CountTokensResponse:
         if request.model and request.model != self.model_name:
