@@ -60,36 +60,3 @@ async def test_serve_replica_spans_join_the_gateway_trace(tiny_path, tmp_path, m
         mt.telemetry.shutdown()
         cluster.stop()
         receiver.stop()
-
-
-def test_cli_serve_exposes_gateway_and_engine_metrics(tiny_path, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from minimax_m1 import Client
-    from tests.telemetry.platform_processes import _wait_line
-
-    port, gateway_metrics, engine_metrics = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MINIMAX_M1_METRICS"))}
-    env.update({"MINIMAX_M1_API_KEY": "mm1-test-key-0123456789", "MINIMAX_M1_DATA_DIR": str(tmp_path)})
-    proc = subprocess.Popen([sys.executable, "-m", "minimax_m1.cli.main", "serve", "--model", tiny_path, "--port", str(port),
-                             "--name", "tiny", "--metrics-port", str(gateway_metrics),
-                             "--engine-metrics-port", str(engine_metrics)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        _wait_line(proc, "listening on", "minimax-m1 serve")
-        with Client(f"127.0.0.1:{port}", api_key="mm1-test-key-0123456789", tls=False) as client:
-            assert client.generate("Hello", max_output_tokens=4).usage.output_tokens == 4
-        gateway = urllib.request.urlopen(f"http://127.0.0.1:{gateway_metrics}/metrics", timeout=10).read().decode()
-        engine = urllib.request.urlopen(f"http://127.0.0.1:{engine_metrics}/metrics", timeout=10).read().decode()
-        assert 'minimax_m1_gateway_requests_total{' in gateway and 'rpc_response_status_code="OK"' in gateway
-        assert "gen_ai_server_time_to_first_token_seconds_count{" in engine
-        assert 'service_name="minimax-m1-engine"' in engine and 'service_name="minimax-m1-gateway"' in gateway
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
