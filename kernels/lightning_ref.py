@@ -19,52 +19,79 @@ def lightning_prefill_ref(
     initial_states: torch.Tensor | None,  # [S, H, D, D] fp32, or None for zeros
     block_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked prefill of packed sequences. Returns (out [N, H, D], final states [S, H, D, D] fp32)."""
+    """Chunked prefill of packed sequences. Returns (out [N, H, D], final states [S, H, D, D] fp32).
+
+    All sequences advance together, one chunk of `compute_block(block_size, D)` tokens per round.
+    The chunk length changes only the order of the sums, not their value: `block_size` (the
+    model's, which the Triton kernel uses) caps it."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    if len(lengths) > 1 and max(lengths) * len(lengths) <= 2 * sum(lengths):
-        # Little padding waste (training batches, engine prefill chunks): all sequences at once.
-        return _prefill_padded(q, k, v, slope, lengths, initial_states, block_size)
-    return _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block_size)
+    return _prefill_batched(q, k, v, slope, lengths, initial_states, compute_block(block_size, q.shape[-1]))
 
 
-def _prefill_padded(q, k, v, slope, lengths: list[int], initial_states, block_size: int):
-    """lightning_prefill_ref vectorised over sequences padded to the longest. Blocks are aligned
-    at each sequence's start; in a block, sequence i has m_i = its remaining tokens (0..B) real
-    rows, and its state decays by exp(-s m_i), so padding never touches a state or an output."""
+def compute_block(block_size: int, head_dim: int) -> int:
+    """Chunk length of the CPU prefill. Per token and head, a chunk of c tokens costs 2cD
+    multiply-adds inside the chunk (q k^T, then times v) and 2D^2 across chunks (q S and the state
+    update): they balance at c = D. Below 64 the extra rounds of small ops cost more than they save."""
+    return min(block_size, max(64, head_dim))
+
+
+def _prefill_batched(q, k, v, slope, lengths: list[int], initial_states, block: int):
+    """lightning_prefill_ref for all sequences at once. They are laid out longest first in a
+    zero-padded [S, H, T, D] buffer, so the sequences that still have tokens at chunk r are a
+    prefix and each round works on views; chunks align at each sequence's start. In a chunk,
+    sequence i has m_i (1..c) real rows and its state decays by exp(-s m_i); pad rows have k = v = 0,
+    so padding never touches a state or an output. Autograd flows through (demo training)."""
     n, h, d = q.shape
-    num_seqs, longest = len(lengths), max(lengths)
-    seq = torch.repeat_interleave(torch.arange(num_seqs, device=q.device), torch.tensor(lengths, device=q.device))  # [N]
-    starts = torch.tensor([0] + lengths[:-1], device=q.device).cumsum(0)
-    pos_in_seq = torch.arange(n, device=q.device) - starts[seq]  # [N]
+    num_seqs = len(lengths)
+    if num_seqs == 0:
+        return q.new_zeros(0, h, d), torch.zeros(0, h, d, d, dtype=torch.float32, device=q.device)
+    order = sorted(range(num_seqs), key=lambda i: -lengths[i])  # longest first
+    rank = [0] * num_seqs
+    for r, i in enumerate(order):
+        rank[i] = r
+    sorted_lens = [lengths[i] for i in order]
+    longest = sorted_lens[0]
+    dev = q.device
+    lens_t = torch.tensor(lengths, device=dev)
+    row = torch.repeat_interleave(torch.tensor(rank, device=dev), lens_t)  # [N] buffer row of each token
+    pos = torch.arange(n, device=dev) - torch.repeat_interleave(lens_t.cumsum(0) - lens_t, lens_t)  # [N] position in its sequence
     padded = []
     for x in (q, k, v):
-        buf = torch.zeros(num_seqs, longest, h, d, dtype=torch.float32, device=q.device)  # [S, T, H, D]
-        buf[seq, pos_in_seq] = x.to(torch.float32)
+        buf = torch.zeros(num_seqs, h, longest, d, dtype=torch.float32, device=dev)  # [S, H, T, D]
+        buf.transpose(1, 2)[row, pos] = x.to(torch.float32)
         padded.append(buf)
     qp, kp, vp = padded
     outp = torch.empty_like(qp)
-    lens = torch.tensor(lengths, device=q.device)
     s = slope.to(torch.float32).view(1, h, 1, 1)  # [1, H, 1, 1]
-    state = (initial_states.to(torch.float32) if initial_states is not None
-             else torch.zeros(num_seqs, h, d, d, dtype=torch.float32, device=q.device))  # [S, H, D, D]
-    for b0 in range(0, longest, block_size):
-        m = min(block_size, longest - b0)
-        mi = (lens - b0).clamp(0, m).to(torch.float32).view(num_seqs, 1, 1, 1)  # [S, 1, 1, 1] real rows
-        qb, kb, vb = (x[:, b0:b0 + m].transpose(1, 2) for x in (qp, kp, vp))  # [S, H, m, D]
-        pos = torch.arange(m, device=q.device, dtype=torch.float32)
-        q_decay = torch.exp(-s * (pos + 1).view(1, 1, m, 1))  # [1, H, m, 1]
-        k_decay = torch.exp(-s * (mi - 1 - pos.view(1, 1, m, 1)).clamp(min=0))  # [S, H, m, 1]; pad rows have k = 0
-        diff = pos.view(m, 1) - pos.view(1, m)  # [m, m]
-        diag = torch.where(diff >= 0, torch.exp(-s * diff.clamp(min=0)), torch.zeros((), device=q.device))  # [1, H, m, m]
-        intra = ((qb @ kb.transpose(-1, -2)) * diag) @ vb  # [S, H, m, D]
-        inter = (qb * q_decay) @ state
-        outp[:, b0:b0 + m] = (intra + inter).transpose(1, 2)
-        state = torch.exp(-s * mi) * state + (kb * k_decay).transpose(-1, -2) @ vb
-    return outp[seq, pos_in_seq].to(q.dtype), state
+    state = (initial_states.to(torch.float32)[order] if initial_states is not None
+             else torch.zeros(num_seqs, h, d, d, dtype=torch.float32, device=dev))  # [S, H, D, D], buffer order
+    c = max(1, min(block, longest))  # (all sequences may be empty)
+    steps = torch.arange(c, device=dev, dtype=torch.float32)
+    q_decay = torch.exp(-s * (steps + 1).view(1, 1, c, 1))  # [1, H, c, 1] decay from the previous state
+    diff = steps.view(c, 1) - steps.view(1, c)  # [c, c]
+    diag = torch.where(diff >= 0, torch.exp(-s * diff.clamp(min=0)), torch.zeros((), device=dev))  # [1, H, c, c]
+    sorted_lens_t = torch.tensor(sorted_lens, device=dev, dtype=torch.float32).view(num_seqs, 1, 1, 1)
+    active = num_seqs
+    for b0 in range(0, longest, c):
+        while sorted_lens[active - 1] <= b0:
+            active -= 1
+        m = min(c, longest - b0)
+        mi = (sorted_lens_t[:active] - b0).clamp(max=m)  # [A, 1, 1, 1] real rows
+        qb, kb, vb = (x[:active, :, b0:b0 + m] for x in (qp, kp, vp))  # [A, H, m, D]
+        k_decay = torch.exp(-s * (mi - 1 - steps[:m].view(1, 1, m, 1)).clamp(min=0))  # [A, H, m, 1] to the chunk's end
+        intra = ((qb @ kb.transpose(-1, -2)) * diag[..., :m, :m]) @ vb  # [A, H, m, D]
+        inter = (qb * q_decay[:, :, :m]) @ state[:active]
+        outp[:active, :, b0:b0 + m] = intra + inter
+        new = torch.exp(-s * mi) * state[:active] + (kb * k_decay).transpose(-1, -2) @ vb
+        state = new if active == num_seqs else torch.cat([new, state[active:]])
+    finals = torch.empty_like(state)
+    finals[order] = state
+    return outp.transpose(1, 2)[row, pos].to(q.dtype), finals
 
 
 def _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block_size: int):
-    """lightning_prefill_ref for any lengths: one sequence and one block at a time."""
+    """The plain definition of lightning_prefill_ref: one sequence and one block at a time.
+    Tests check the batched path against it."""
     n, h, d = q.shape
     num_seqs = cu_seqlens.numel() - 1
     out = torch.empty_like(q)
@@ -105,21 +132,60 @@ def lightning_decode_ref(
     state_pool: torch.Tensor,  # [P, H, D, D] fp32, updated in place
     slot_ids: torch.Tensor,  # [B] int; -1 marks a padding row, which is skipped
 ) -> torch.Tensor:
-    """One recurrent step per row: KV = exp(-s) KV + k^T v, o = q KV. Returns out [B, H, D]."""
+    """One recurrent step per row: KV = exp(-s) KV + k^T v, o = q KV. Returns out [B, H, D].
+
+    Rows whose slots are consecutive (the engine sends decodes sorted by slot) update their run of
+    the pool in place through a view; with many runs, the rows' states are gathered, updated and
+    scattered back. Either way each state is read and written a few times, never per row."""
     b, h, d = q.shape
     decay = torch.exp(-slope.to(torch.float32)).view(h, 1, 1)  # [H, 1, 1]
+    q32, k32, v32 = (x.to(torch.float32) for x in (q, k, v))
+    out = torch.zeros(b, h, d, dtype=torch.float32, device=q.device)
     slots = slot_ids.tolist()
-    if b > 1 and min(slots) >= 0:  # a batch without padding: one gather, batched math, one scatter
-        states = state_pool[slot_ids]  # [B, H, D, D] copy
-        states.mul_(decay).add_(k.to(torch.float32).unsqueeze(-1) * v.to(torch.float32).unsqueeze(-2))
-        state_pool[slot_ids] = states
-        return torch.matmul(q.to(torch.float32).unsqueeze(-2), states).squeeze(-2).to(q.dtype)
-    out = torch.zeros_like(q)
-    for row, slot in enumerate(slots):  # per row on a view of its slot: no gather/scatter copies
+    runs = _slot_runs(slots)
+    if len(runs) <= _MAX_VIEW_RUNS:
+        for row, slot, n in runs:
+            _step_states(state_pool[slot:slot + n], decay, q32[row:row + n], k32[row:row + n], v32[row:row + n],
+                         out[row:row + n])
+        return out.to(q.dtype)
+    if min(slots) >= 0:
+        states = state_pool.index_select(0, slot_ids)  # [B, H, D, D] copy
+        _step_states(states, decay, q32, k32, v32, out)
+        state_pool.index_copy_(0, slot_ids, states)
+        return out.to(q.dtype)
+    keep = (slot_ids >= 0).nonzero().squeeze(1)  # [B'] rows with a slot
+    states = state_pool.index_select(0, slot_ids[keep])
+    rows_out = torch.empty(keep.numel(), h, d, dtype=torch.float32, device=q.device)
+    _step_states(states, decay, q32[keep], k32[keep], v32[keep], rows_out)
+    state_pool.index_copy_(0, slot_ids[keep], states)
+    out[keep] = rows_out
+    return out.to(q.dtype)
+
+
+_MAX_VIEW_RUNS = 4  # beyond this many runs of consecutive slots, one gather and one scatter are cheaper
+
+
+def _slot_runs(slots: list[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs of rows with consecutive slots, as (first row, first slot, length); rows of
+    slot -1 (padding) belong to no run."""
+    runs: list[tuple[int, int, int]] = []
+    for row, slot in enumerate(slots):
         if slot < 0:
             continue
-        state = state_pool[slot]  # [H, D, D] view, updated in place
-        state.mul_(decay).baddbmm_(k[row].to(torch.float32).unsqueeze(-1), v[row].to(torch.float32).unsqueeze(-2))
-        out[row] = torch.bmm(q[row].to(torch.float32).unsqueeze(-2), state).squeeze(-2).to(q.dtype)
-    return out
+        if runs and runs[-1][0] + runs[-1][2] == row and runs[-1][1] + runs[-1][2] == slot:
+            first_row, first_slot, n = runs[-1]
+            runs[-1] = (first_row, first_slot, n + 1)
+        else:
+            runs.append((row, slot, 1))
+    return runs
 
+
+def _step_states(states: torch.Tensor, decay: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 out: torch.Tensor) -> None:
+    """states [n, H, D, D] (contiguous; a view into the pool or a gathered copy) advance one token
+    in place: states = decay * states + k^T v; out [n, H, D] = q states."""
+    n, h, d = q.shape
+    flat = states.view(n * h, d, d)
+    states.mul_(decay)
+    flat.baddbmm_(k.reshape(n * h, d, 1), v.reshape(n * h, 1, d))
+    torch.bmm(q.reshape(n * h, 1, d), flat, out=out.view(n * h, 1, d))

@@ -221,11 +221,16 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: StateCache) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.input_layernorm(x)
         residual = h if self.postnorm else x
-        x = residual * self.attn_alpha + self.self_attn(h, batch, cache) * self.attn_beta
+        x = _deepnorm_add(residual, self.self_attn(h, batch, cache), self.attn_alpha, self.attn_beta)
         h = self.post_attention_layernorm(x)
         residual = h if self.postnorm else x
         moe_out, expert_ids = self.block_sparse_moe(h, batch)
-        return residual * self.mlp_alpha + moe_out * self.mlp_beta, expert_ids
+        return _deepnorm_add(residual, moe_out, self.mlp_alpha, self.mlp_beta), expert_ids
+
+
+def _deepnorm_add(residual: torch.Tensor, out: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """residual * alpha + out * beta, in one op where beta is 1 (every released config)."""
+    return torch.add(out if beta == 1.0 else out * beta, residual, alpha=alpha)
 
 
 def init_weights(module: nn.Module, std: float, generator: torch.Generator | None = None) -> None:

@@ -215,7 +215,8 @@ class LLMEngine:
         projection and MoE pass. Returns logits [S, V] and counts [S, L, E] in batch order."""
         seqs, lens = batch.seqs, batch.num_new_tokens
         collect = collect or any(s.routing is not None or s.params.expert_threshold is not None for s in seqs)
-        order = sorted(range(len(seqs)), key=lambda i: lens[i] != 1)  # stable: decodes first, then chunks
+        # decodes first, by slot (consecutive slots update their lightning states in place), then chunks
+        order = sorted(range(len(seqs)), key=lambda i: (lens[i] != 1, seqs[i].slot if lens[i] == 1 else 0))
         result = self.instance.step(self._step_request([seqs[i] for i in order], [lens[i] for i in order], collect))
         if all(i == j for i, j in enumerate(order)):  # already decodes first
             return result.logits, result.expert_counts

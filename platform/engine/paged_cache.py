@@ -44,8 +44,8 @@ class PagedCache(StateCache):
         kc[blocks, offsets] = k
         vc[blocks, offsets] = v
         used = idx[: (end + bs - 1) // bs]
-        keys = kc[used].reshape(-1, *kc.shape[2:])[:end]  # [end, Hkv, D]
-        values = vc[used].reshape(-1, *vc.shape[2:])[:end]
+        keys = kc.index_select(0, used).flatten(0, 1)[:end]  # [end, Hkv, D]
+        values = vc.index_select(0, used).flatten(0, 1)[:end]
         return keys, values
 
     def decode_kv(self, layer_idx, slots, positions, k, v):
@@ -60,8 +60,10 @@ class PagedCache(StateCache):
         kc[dest, offs] = k
         vc[dest, offs] = v
         nb = max((n + bs - 1) // bs for n in lengths)
-        index = torch.tensor([t[:nb] + [0] * (nb - len(t[:nb])) for t in tables], device=k.device)  # [B, nb]
-        keys = kc[index].flatten(1, 2)  # [B, nb*BS, Hkv, D]; rows past a length are masked by the caller
-        values = vc[index].flatten(1, 2)
+        index = torch.tensor([b for t in tables for b in t[:nb] + [0] * (nb - len(t[:nb]))], device=k.device)  # [B*nb]
+        # [B, nb*BS, Hkv, D]; rows past a length are masked by the caller. (index_select copies whole
+        # blocks; advanced indexing with a 2-D index is ~4x slower on CPU.)
+        keys = kc.index_select(0, index).view(len(slots), nb * bs, *kc.shape[2:])
+        values = vc.index_select(0, index).view(len(slots), nb * bs, *vc.shape[2:])
         return keys, values, torch.tensor(lengths, device=k.device)
 
