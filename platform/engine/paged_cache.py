@@ -44,8 +44,8 @@ class PagedCache(StateCache):
         kc[blocks, offsets] = k
         vc[blocks, offsets] = v
         used = idx[: (end + bs - 1) // bs]
-        keys = kc.index_select(0, used).flatten(0, 1)[:end]  # [end, Hkv, D]
-        values = vc.index_select(0, used).flatten(0, 1)[:end]
+        keys = _gather_blocks(kc, used).view(-1, *kc.shape[2:])[:end]  # [end, Hkv, D]
+        values = _gather_blocks(vc, used).view(-1, *vc.shape[2:])[:end]
         return keys, values
 
     def decode_kv(self, layer_idx, slots, positions, k, v):
@@ -61,9 +61,14 @@ class PagedCache(StateCache):
         vc[dest, offs] = v
         nb = max((n + bs - 1) // bs for n in lengths)
         index = torch.tensor([b for t in tables for b in t[:nb] + [0] * (nb - len(t[:nb]))], device=k.device)  # [B*nb]
-        # [B, nb*BS, Hkv, D]; rows past a length are masked by the caller. (index_select copies whole
-        # blocks; advanced indexing with a 2-D index is ~4x slower on CPU.)
-        keys = kc.index_select(0, index).view(len(slots), nb * bs, *kc.shape[2:])
-        values = vc.index_select(0, index).view(len(slots), nb * bs, *vc.shape[2:])
+        # [B, nb*BS, Hkv, D]; rows past a length are masked by the caller. (Whole blocks as rows of
+        # a 2-D view: on CPU several times faster than advanced indexing or a 4-D index_select.)
+        keys = _gather_blocks(kc, index).view(len(slots), nb * bs, *kc.shape[2:])
+        values = _gather_blocks(vc, index).view(len(slots), nb * bs, *vc.shape[2:])
         return keys, values, torch.tensor(lengths, device=k.device)
 
+
+
+def _gather_blocks(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """Copies of the given blocks of a [NB, BS, Hkv, D] pool. [len(blocks), BS, Hkv, D]"""
+    return pool.view(pool.shape[0], -1).index_select(0, blocks).view(-1, *pool.shape[1:])

@@ -159,7 +159,11 @@ def build_expert_shard(config: MiniMaxM1Config, ckpt: SafetensorsCheckpoint, pla
                                                           experts.start).to(dtype)
             root.model.layers.append(layer)
     load_into(root, ckpt, config)
-    return [layer.block_sparse_moe.experts for layer in root.model.layers]
+    shard = [layer.block_sparse_moe.experts for layer in root.model.layers]
+    if device.type == "cpu":
+        for local in shard:
+            local.use_input_major_layout()
+    return shard
 
 
 # ---- workers --------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""The torch MoE reference against a per-token formula, down both of its GEMM paths (torch's grouped
-GEMM in inference with aligned operands; one matmul per expert under autograd or unaligned shapes)."""
+"""The torch MoE reference against a per-token formula, with autograd, and with the experts stored
+input-major (the CPU layout)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from minimax_m1.kernels.moe_ref import moe_experts_ref
+from minimax_m1.model_shards.layers import LocalExperts
 
 
 def per_token(x, ids, weights, w13, w2, offset):
@@ -19,13 +20,20 @@ def per_token(x, ids, weights, w13, w2, offset):
 
 
 @pytest.mark.parametrize("tokens,experts,offset,hidden,inter", [
-    (1, 8, 0, 16, 8), (33, 8, 0, 16, 8), (200, 8, 4, 16, 8), (40, 8, 0, 12, 6), (3, 4, 0, 8, 4)])
+    (1, 8, 0, 16, 8), (33, 8, 0, 16, 8), (200, 8, 4, 16, 8), (40, 8, 0, 12, 6), (3, 4, 0, 8, 4), (2, 32, 0, 16, 8)])
 @pytest.mark.parametrize("grad", [False, True])
-def test_moe_reference_equals_the_per_token_formula(tokens, experts, offset, hidden, inter, grad):
+@pytest.mark.parametrize("input_major", [False, True])
+def test_moe_reference_equals_the_per_token_formula(tokens, experts, offset, hidden, inter, grad, input_major):
     g = torch.Generator().manual_seed(tokens)
     x = torch.randn(tokens, hidden, generator=g)
-    w13 = torch.randn(experts, 2 * inter, hidden, generator=g) * 0.3
-    w2 = torch.randn(experts, hidden, inter, generator=g) * 0.3
+    local = LocalExperts(experts, hidden, inter, offset)
+    with torch.no_grad():
+        local.w13.copy_(torch.randn(experts, 2 * inter, hidden, generator=g) * 0.3)
+        local.w2.copy_(torch.randn(experts, hidden, inter, generator=g) * 0.3)
+    if input_major:
+        local.use_input_major_layout()
+        assert local.w13.transpose(1, 2).is_contiguous() and local.w2.transpose(1, 2).is_contiguous()
+    w13, w2 = local.w13.detach(), local.w2.detach()
     ids = torch.randint(0, 12, (tokens, 2), generator=g)  # some ids fall outside [offset, offset + E)
     ids[::4, 1] = -1  # dropped slots (expert_threshold)
     ids[0, 0] = offset  # at least one local entry
@@ -37,3 +45,12 @@ def test_moe_reference_equals_the_per_token_formula(tokens, experts, offset, hid
     if grad:
         out.sum().backward()
         assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_input_major_layout_keeps_values_and_state_dict():
+    local = LocalExperts(4, 8, 6)
+    torch.nn.init.normal_(local.w13), torch.nn.init.normal_(local.w2)
+    before = {k: v.clone() for k, v in local.state_dict().items()}
+    local.use_input_major_layout()
+    after = local.state_dict()
+    assert all(torch.equal(before[k], after[k]) and before[k].shape == after[k].shape for k in before)
