@@ -21,11 +21,14 @@ def lightning_prefill_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked prefill of packed sequences. Returns (out [N, H, D], final states [S, H, D, D] fp32).
 
-    All sequences advance together, one chunk of `compute_block(block_size, D)` tokens per round.
+    Several sequences advance together, one chunk of `compute_block(block_size, D)` tokens per round.
     The chunk length changes only the order of the sums, not their value: `block_size` (the
     model's, which the Triton kernel uses) caps it."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    return _prefill_batched(q, k, v, slope, lengths, initial_states, compute_block(block_size, q.shape[-1]))
+    block = compute_block(block_size, q.shape[-1])
+    if len(lengths) == 1:  # nothing to batch: skip the padded buffers (a new prompt beside decodes)
+        return _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block)
+    return _prefill_batched(q, k, v, slope, lengths, initial_states, block)
 
 
 def compute_block(block_size: int, head_dim: int) -> int:
@@ -90,8 +93,8 @@ def _prefill_batched(q, k, v, slope, lengths: list[int], initial_states, block: 
 
 
 def _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block_size: int):
-    """The plain definition of lightning_prefill_ref: one sequence and one block at a time.
-    Tests check the batched path against it."""
+    """The plain definition of lightning_prefill_ref: one sequence and one block at a time. It runs
+    single sequences; tests check the batched path against it."""
     n, h, d = q.shape
     num_seqs = cu_seqlens.numel() - 1
     out = torch.empty_like(q)
