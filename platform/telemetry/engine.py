@@ -38,6 +38,7 @@ from opentelemetry.metrics import Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from minimax_m1.telemetry import names
+from minimax_m1.telemetry.finished_spans import FinishedSpans
 from minimax_m1.telemetry.propagation import extract_context
 from minimax_m1.telemetry.setup import Telemetry, current
 
@@ -80,6 +81,7 @@ class EngineMetrics:
     def __init__(self, telemetry: Telemetry):
         self.telemetry = telemetry
         self.tracer = telemetry.tracer("minimax_m1.engine")
+        self.spans = FinishedSpans(telemetry, "minimax_m1.engine")  # the phase spans, built when a request ends
         meter = telemetry.meter("minimax_m1.engine")
         self.engines: weakref.WeakSet[EngineTelemetry] = weakref.WeakSet()
         self.duration = names.create(meter, names.REQUEST_DURATION)
@@ -221,6 +223,7 @@ class EngineTelemetry:
             self._live.pop(engine_request_id, None)
             live.end_queue(finish_ns)
             live.end_decode(finish_ns)
+        parent = live.span.get_span_context()
         for phase in live.phases:
             kind = phase[0]
             if kind == "preemption":
@@ -232,10 +235,8 @@ class EngineTelemetry:
                 attrs = phase[3]
             else:
                 attrs = {"engine.decode_steps": phase[3]}
-            m.tracer.start_span(f"engine.{kind}", context=live.context, start_time=phase[1],
-                                attributes=attrs).end(end_time=phase[2])
+            m.spans.emit(parent, f"engine.{kind}", phase[1], phase[2], attrs)
         error_type = _error_type(error)
-        finish = m.tracer.start_span("engine.finish", context=live.context, start_time=finish_ns)
         attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": live.total_decode_steps,
                                  "engine.preemptions": live.preemptions}
         if last is not None:
@@ -245,7 +246,6 @@ class EngineTelemetry:
                 attrs["gen_ai.response.finish_reasons"] = (last.finish_reason.name.lower(),)
             m.tokens.add(last.input_tokens, {**self.attributes, names.TOKEN_TYPE: "input"})
             m.tokens.add(last.output_tokens, {**self.attributes, names.TOKEN_TYPE: "output"})
-        finish.set_attributes(attrs)
         live.span.set_attributes(attrs)
         metric_attrs = {names.OPERATION: names.OPERATION_VALUE, **self.attributes}
         if error_type is not None:
@@ -255,8 +255,8 @@ class EngineTelemetry:
                 live.span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
         elif first is not None and last is not None and last.output_tokens > 1:
             m.tpot.record((last_at - first) / (last.output_tokens - 1), self.attributes)
-        finish.end()
         m.duration.record(time.perf_counter() - started, metric_attrs)
+        m.spans.emit(parent, "engine.finish", finish_ns, time.time_ns(), attrs)
         live.span.end()
 
     # -- readings for the observable instruments -------------------------------------------------

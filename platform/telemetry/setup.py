@@ -35,6 +35,7 @@ class Telemetry:
     meter_provider: Any
     enabled: bool = True
     prometheus_port: int | None = None
+    span_processors: tuple = ()  # the tracer provider's processors (FinishedSpans hands spans to them)
     _http: Any = None  # (WSGIServer, thread) of the scrape endpoint
     _hooks: dict[str, Any] = field(default_factory=dict)  # per-component hook objects, built once
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -141,11 +142,12 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
         span_exporter, metric_exporter = _otlp_exporters(config)
         exporters.append(span_exporter)
         readers.append(PeriodicExportingMetricReader(metric_exporter, config.metric_export_interval_ms))
-    for exporter in exporters:
-        processor = SimpleSpanProcessor(exporter) if simple_spans else BatchSpanProcessor(exporter)
+    processors = tuple(SimpleSpanProcessor(e) if simple_spans else BatchSpanProcessor(e) for e in exporters)
+    for processor in processors:
         tracer_provider.add_span_processor(processor)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-    telemetry = Telemetry(config, tracer_provider, meter_provider, prometheus_port=port, _http=http)
+    telemetry = Telemetry(config, tracer_provider, meter_provider, prometheus_port=port, span_processors=processors,
+                          _http=http)
     if install_as_current:
         install(telemetry)
         _set_otel_globals_once(telemetry)
