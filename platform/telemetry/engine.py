@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from opentelemetry import trace
 from opentelemetry.metrics import Observation
+from opentelemetry.sdk.trace import Event
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from minimax_m1.telemetry import names
@@ -48,11 +49,14 @@ _IMBALANCE_DECAY = 0.98  # per sampled step: the imbalance gauge looks at roughl
 @dataclass(eq=False)
 class _Live:
     """One request's timeline while it runs. The loop thread only appends plain tuples here (span
-    objects cost the step loop, the engine's critical path); the event loop turns them into spans
-    when the request ends. Shared under the EngineTelemetry lock."""
+    objects cost the step loop, the engine's critical path); the event loop turns them, and the
+    request, into spans when the request ends. Shared under the EngineTelemetry lock."""
 
-    span: Any
-    context: Any
+    context: Any  # SpanContext of the request span; None when the sampler left it out
+    parent: Any  # SpanContext of the caller's span (from the traceparent), or an invalid one
+    name: str
+    start_ns: int
+    attributes: dict
     queued_ns: int | None  # the current wait in the queue began (None while scheduled)
     requeued: bool = False
     decode_ns: int | None = None  # the current run of decode steps began
@@ -63,6 +67,7 @@ class _Live:
     # ("queue", start, end, requeued) | ("prefill", start, end, attrs) | ("decode", start, end, steps)
     # | ("preemption", at, attrs)
     phases: list = field(default_factory=list)
+    events: list = field(default_factory=list)  # of the request span: first token, preemptions
 
     def end_queue(self, at_ns: int) -> None:
         if self.queued_ns is not None:
@@ -80,8 +85,7 @@ class EngineMetrics:
 
     def __init__(self, telemetry: Telemetry):
         self.telemetry = telemetry
-        self.tracer = telemetry.tracer("minimax_m1.engine")
-        self.spans = FinishedSpans(telemetry, "minimax_m1.engine")  # the phase spans, built when a request ends
+        self.spans = FinishedSpans(telemetry, "minimax_m1.engine")  # every span is built when its request ends
         meter = telemetry.meter("minimax_m1.engine")
         self.engines: weakref.WeakSet[EngineTelemetry] = weakref.WeakSet()
         self.duration = names.create(meter, names.REQUEST_DURATION)
@@ -209,33 +213,37 @@ class EngineTelemetry:
                  "minimax_m1.engine_request_id": engine_request_id}
         if self._record_prompts:
             attrs["gen_ai.prompt"] = request.input
-        span = m.tracer.start_span(f"{names.OPERATION_VALUE} {self.model_name}", context=extract_context(metadata),
-                                   kind=SpanKind.SERVER, attributes=attrs)
-        live = _Live(span, trace.set_span_in_context(span), queued_ns=time.time_ns())
+        parent = extract_context(metadata)
+        name = f"{names.OPERATION_VALUE} {self.model_name}"
+        now = time.time_ns()
+        live = _Live(m.spans.start(parent, name, SpanKind.SERVER, attrs), trace.get_current_span(parent).get_span_context(),
+                     name, now, attrs, queued_ns=now)
         with self._lock:
             self._live[engine_request_id] = live
         return RequestTrace(self, live, engine_request_id)
 
     def _finish(self, live: _Live, engine_request_id: str, started: float, first: float | None,
-                last_at: float | None, last: Any, error: BaseException | None, finish_ns: int) -> None:
+                last: Any, error: BaseException | None, finish_ns: int) -> None:
         m = self._m
+        ended = time.perf_counter()
         with self._lock:
             self._live.pop(engine_request_id, None)
             live.end_queue(finish_ns)
             live.end_decode(finish_ns)
-        parent = live.span.get_span_context()
-        for phase in live.phases:
-            kind = phase[0]
-            if kind == "preemption":
-                live.span.add_event("engine.preemption", phase[2], timestamp=phase[1])
-                continue
-            if kind == "queue":
-                attrs = {"engine.requeued": True} if phase[3] else None
-            elif kind == "prefill":
-                attrs = phase[3]
-            else:
-                attrs = {"engine.decode_steps": phase[3]}
-            m.spans.emit(parent, f"engine.{kind}", phase[1], phase[2], attrs)
+        request = live.context
+        if request is not None:
+            for phase in live.phases:
+                kind = phase[0]
+                if kind == "preemption":
+                    live.events.append(Event("engine.preemption", phase[2], timestamp=phase[1]))
+                    continue
+                if kind == "queue":
+                    attrs = {"engine.requeued": True} if phase[3] else None
+                elif kind == "prefill":
+                    attrs = phase[3]
+                else:
+                    attrs = {"engine.decode_steps": phase[3]}
+                m.spans.emit(m.spans.child(request), request, f"engine.{kind}", phase[1], phase[2], attrs)
         error_type = _error_type(error)
         attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": live.total_decode_steps,
                                  "engine.preemptions": live.preemptions}
@@ -246,18 +254,22 @@ class EngineTelemetry:
                 attrs["gen_ai.response.finish_reasons"] = (last.finish_reason.name.lower(),)
             m.tokens.add(last.input_tokens, {**self.attributes, names.TOKEN_TYPE: "input"})
             m.tokens.add(last.output_tokens, {**self.attributes, names.TOKEN_TYPE: "output"})
-        live.span.set_attributes(attrs)
         metric_attrs = {names.OPERATION: names.OPERATION_VALUE, **self.attributes}
+        status = None
         if error_type is not None:
             metric_attrs[names.ERROR_TYPE] = error_type
-            live.span.set_attribute(names.ERROR_TYPE, error_type)
+            live.attributes[names.ERROR_TYPE] = error_type
             if error_type not in ("CANCELLED", "INVALID_ARGUMENT", "OUT_OF_RANGE"):
-                live.span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+                status = Status(StatusCode.ERROR, str(error)[:200])
         elif first is not None and last is not None and last.output_tokens > 1:
-            m.tpot.record((last_at - first) / (last.output_tokens - 1), self.attributes)
-        m.duration.record(time.perf_counter() - started, metric_attrs)
-        m.spans.emit(parent, "engine.finish", finish_ns, time.time_ns(), attrs)
-        live.span.end()
+            # the last output's time is the stream's end, a few microseconds before `ended`
+            m.tpot.record((ended - first) / (last.output_tokens - 1), self.attributes)
+        m.duration.record(ended - started, metric_attrs)
+        end_ns = time.time_ns()
+        m.spans.emit(m.spans.child(request) if request is not None else None, request, "engine.finish", finish_ns,
+                     end_ns, attrs)
+        m.spans.emit(request, live.parent, live.name, live.start_ns, end_ns, {**live.attributes, **attrs},
+                     SpanKind.SERVER, live.events, status)
 
     # -- readings for the observable instruments -------------------------------------------------
     def expert_load(self) -> list[list[int]]:
@@ -277,26 +289,25 @@ class RequestTrace:
     """One request's telemetry while it streams (event loop only): the first-token event and TTFT on
     the first output with tokens; spans, TPOT, duration and token counts at `end()`."""
 
-    __slots__ = ("_tel", "_live", "_id", "_started", "_first", "_last", "_last_at")
+    __slots__ = ("_tel", "_live", "_id", "_started", "_first", "_last")
 
     def __init__(self, tel: EngineTelemetry, live: _Live, engine_request_id: str):
         self._tel, self._live, self._id = tel, live, engine_request_id
         self._started = time.perf_counter()
-        self._first = self._last = self._last_at = None
+        self._first = self._last = None
 
     def output(self, out: Any) -> None:
         """Every RequestOutput of the request's stream, in order."""
         if self._first is None and out.output_tokens:
             self._first = time.perf_counter()
-            self._live.span.add_event("gen_ai.first_token")
+            self._live.events.append(Event("gen_ai.first_token", {}, timestamp=time.time_ns()))
             self._tel._m.ttft.record(self._first - self._started, self._tel.attributes)
-        self._last, self._last_at = out, time.perf_counter()
+        self._last = out
 
     def end(self, error: BaseException | None = None) -> None:
         """After the stream closed (finished, failed with `error`, or cancelled: GeneratorExit /
         CancelledError)."""
-        self._tel._finish(self._live, self._id, self._started, self._first, self._last_at, self._last, error,
-                          time.time_ns())
+        self._tel._finish(self._live, self._id, self._started, self._first, self._last, error, time.time_ns())
 
 
 def _error_type(error: BaseException | None) -> str | None:

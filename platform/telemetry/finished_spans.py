@@ -1,22 +1,29 @@
 """Spans whose start and end are already known, handed straight to the span processors.
 
     spans = FinishedSpans(telemetry, "minimax_m1.engine")
-    spans.emit(parent_span_context, "engine.prefill", start_ns, end_ns, {"engine.chunk.tokens": 96})
+    request = spans.start(extract_context(metadata), "text_completion demo", SpanKind.SERVER, attrs)  # None: unsampled
+    ...                                                            # the request runs; times are noted
+    spans.emit(spans.child(request), request, "engine.prefill", start_ns, end_ns, {"engine.chunk.tokens": 96})
+    spans.emit(request, remote_parent, "text_completion demo", start_ns, end_ns, attrs, SpanKind.SERVER, events)
 
 The engine's step loop records each request's phases (queue, prefill chunks, decode runs) as plain
-tuples; when the request ends, the event loop turns them into spans. Opening and ending a live span
-through a tracer costs ~35 us (sampler, ids, attribute cleaning, span locks, processor hooks) on the
-event loop, which shares the GIL with the step loop; a finished span built here costs ~3 us
-(bench/telemetry.py). The spans are children of a live span and follow its sampling decision; they
-go to the same processors (batching, OTLP export, test exporters) as every other span.
+tuples; when the request ends, the event loop turns them and the request itself into spans. Opening
+and ending a live span through a tracer costs ~35 us (sampler, ids, attribute cleaning, span locks,
+processor hooks) on the event loop, which shares the GIL with the step loop; a finished span built
+here costs ~3 us. `start` takes the same sampling decision as a tracer (the configured sampler,
+parent-based by default); children follow their parent's. The spans go to the same processors
+(batching, OTLP export, test exporters) as every other span.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.status import Status
 
 
 class FinishedSpans:
@@ -25,18 +32,38 @@ class FinishedSpans:
         self._processors = tuple(telemetry.span_processors)
         self._resource = getattr(provider, "resource", None)
         self._ids = getattr(provider, "id_generator", None)
+        self._sampler = getattr(provider, "sampler", None)
         self._scope = InstrumentationScope(scope, telemetry.config.resource_attributes()["service.version"])
 
-    def emit(self, parent: SpanContext, name: str, start_ns: int, end_ns: int,
-             attributes: Mapping[str, Any] | None = None) -> None:
-        """One finished INTERNAL span under `parent` (nothing when the parent is not sampled)."""
-        if not (self._processors and parent.is_valid and parent.trace_flags.sampled):
+    def start(self, parent: Context | None, name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> SpanContext | None:
+        """The context of a span that starts now under `parent` (e.g. extracted from a traceparent;
+        None = a root), with the tracer provider's sampling decision (OTEL_TRACES_SAMPLER): what a
+        tracer's start_span decides. None when the span is not sampled."""
+        if not self._processors:
+            return None
+        remote = trace.get_current_span(parent).get_span_context()
+        trace_id = remote.trace_id if remote.is_valid else self._ids.generate_trace_id()
+        result = self._sampler.should_sample(parent, trace_id, name, kind, attributes)
+        if not result.decision.is_sampled():
+            return None
+        return SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False,
+                           trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=result.trace_state)
+
+    def child(self, parent: SpanContext) -> SpanContext:
+        """A new span's context in `parent`'s trace, with its sampling flags."""
+        return SpanContext(parent.trace_id, self._ids.generate_span_id(), is_remote=False,
+                           trace_flags=parent.trace_flags, trace_state=parent.trace_state)
+
+    def emit(self, context: SpanContext | None, parent: SpanContext | None, name: str, start_ns: int, end_ns: int,
+             attributes: Mapping[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL,
+             events: Sequence[Event] = (), status: Status | None = None) -> None:
+        """One finished span (nothing when `context` is None or not sampled)."""
+        if context is None or not context.trace_flags.sampled:
             return
-        context = SpanContext(parent.trace_id, self._ids.generate_span_id(), is_remote=False,
-                              trace_flags=parent.trace_flags, trace_state=parent.trace_state)
-        span = ReadableSpan(name, context=context, parent=parent, resource=self._resource, attributes=attributes or {},
-                            kind=SpanKind.INTERNAL, instrumentation_scope=self._scope, start_time=start_ns,
-                            end_time=end_ns)
+        span = ReadableSpan(name, context=context, parent=parent if parent is not None and parent.is_valid else None,
+                            resource=self._resource, attributes=attributes or {}, events=events, kind=kind,
+                            instrumentation_scope=self._scope, start_time=start_ns, end_time=end_ns,
+                            **({"status": status} if status is not None else {}))
         for processor in self._processors:
             processor.on_end(span)
 

@@ -1,43 +1,64 @@
-"""FinishedSpans: phase spans handed straight to the span processors, as children of a live span."""
+"""FinishedSpans: spans built when their request ends and handed straight to the span processors,
+with the tracer provider's sampling decision."""
 from __future__ import annotations
 
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.sdk.trace import Event
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from minimax_m1.telemetry.finished_spans import FinishedSpans
+from minimax_m1.telemetry.propagation import extract_context
 from tests.telemetry.conftest import make_memory_telemetry
 
+REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
-def test_children_of_a_sampled_span_reach_the_exporters_with_their_times_and_parent():
+
+def test_a_request_span_and_its_children_reach_the_exporters_as_built():
     mem = make_memory_telemetry()
     try:
-        tracer = mem.telemetry.tracer("minimax_m1.engine")
         spans = FinishedSpans(mem.telemetry, "minimax_m1.engine")
-        parent = tracer.start_span("request")
-        spans.emit(parent.get_span_context(), "engine.prefill", 1_000, 5_000, {"engine.chunk.tokens": 96})
-        spans.emit(parent.get_span_context(), "engine.finish", 5_000, 6_000)
-        parent.end()
+        remote = extract_context((("traceparent", REMOTE),))
+        request = spans.start(remote, "text_completion demo", SpanKind.SERVER, {"a": 1})
+        assert request is not None and request.trace_id == 0x0af7651916cd43dd8448eb211c80319c  # the caller's trace
+        prefill = spans.child(request)
+        spans.emit(prefill, request, "engine.prefill", 1_000, 5_000, {"engine.chunk.tokens": 96})
+        caller = SpanContext(0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, is_remote=True,
+                             trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        spans.emit(request, caller, "text_completion demo", 500, 9_000, {"a": 1}, SpanKind.SERVER,
+                   [Event("gen_ai.first_token", timestamp=5_000)])
         got = {s.name: s for s in mem.spans()}
-        assert set(got) == {"request", "engine.prefill", "engine.finish"}
-        prefill, request = got["engine.prefill"], got["request"]
-        assert prefill.parent.span_id == request.context.span_id
-        assert prefill.context.trace_id == request.context.trace_id
-        assert prefill.context.span_id not in (0, request.context.span_id, got["engine.finish"].context.span_id)
-        assert (prefill.start_time, prefill.end_time) == (1_000, 5_000)
-        assert dict(prefill.attributes) == {"engine.chunk.tokens": 96} and dict(got["engine.finish"].attributes) == {}
-        assert prefill.kind == SpanKind.INTERNAL
-        assert prefill.resource == request.resource  # service name, pod, instance: as every other span
-        assert prefill.instrumentation_scope.name == "minimax_m1.engine"
+        assert set(got) == {"engine.prefill", "text_completion demo"}
+        child, parent = got["engine.prefill"], got["text_completion demo"]
+        assert child.parent.span_id == parent.context.span_id and child.context.trace_id == parent.context.trace_id
+        assert parent.parent.span_id == 0xb7ad6b7169203331  # under the caller's span
+        assert child.context.span_id not in (0, parent.context.span_id)
+        assert (child.start_time, child.end_time, parent.start_time, parent.end_time) == (1_000, 5_000, 500, 9_000)
+        assert dict(child.attributes) == {"engine.chunk.tokens": 96} and child.kind == SpanKind.INTERNAL
+        assert parent.kind == SpanKind.SERVER and [e.name for e in parent.events] == ["gen_ai.first_token"]
+        assert parent.resource.attributes["service.name"] == mem.telemetry.config.resource_attributes()["service.name"]
+        assert child.instrumentation_scope.name == "minimax_m1.engine"
     finally:
         mem.telemetry.shutdown()
 
 
-def test_nothing_is_emitted_under_an_unsampled_or_invalid_parent():
+def test_the_sampler_decides_and_unsampled_spans_are_not_emitted(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_off")
     mem = make_memory_telemetry()
     try:
         spans = FinishedSpans(mem.telemetry, "minimax_m1.engine")
-        unsampled = SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(0))
-        spans.emit(unsampled, "engine.queue", 1, 2)
-        spans.emit(NonRecordingSpan(SpanContext(0, 0, False)).get_span_context(), "engine.queue", 1, 2)
+        assert spans.start(None, "root", SpanKind.SERVER, {}) is None  # the sampler said no
+        spans.emit(None, None, "root", 1, 2)
+        unsampled_parent = extract_context((("traceparent", REMOTE[:-2] + "00"),))
+        assert spans.start(unsampled_parent, "child", SpanKind.SERVER, {}) is None
         assert mem.spans() == []
+    finally:
+        mem.telemetry.shutdown()
+
+
+def test_a_root_gets_a_new_trace():
+    mem = make_memory_telemetry()
+    try:
+        spans = FinishedSpans(mem.telemetry, "minimax_m1.engine")
+        a, b = spans.start(None, "root", SpanKind.SERVER, {}), spans.start(None, "root", SpanKind.SERVER, {})
+        assert a.trace_id and b.trace_id and a.trace_id != b.trace_id and a.trace_flags.sampled
     finally:
         mem.telemetry.shutdown()
