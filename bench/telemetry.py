@@ -1,6 +1,7 @@
 """Throughput with telemetry on against off, in one run (target: on / off >= 0.97).
 
-    .venv/bin/python bench/telemetry.py [--rounds 12] [--duration 5] [--concurrency 16] [--model PATH | --hidden 64]
+    .venv/bin/python bench/telemetry.py [--instances 4] [--rounds 3] [--duration 5] [--concurrency 16]
+                                        [--model PATH | --hidden 64]
 
 Two copies of the platform run as processes, as in a cluster: an engine (the Engine deployment's
 class on gRPC; in-process model instance) and a gateway (`python -m minimax_m1.gateway`, quotas and
@@ -16,7 +17,10 @@ the SQLite ledger on, the billing outbox feeding the OpenTelemetry-metrics hook 
 The load is --concurrency streaming callers (this process), 32 output tokens per request: by default
 twice the engine's batch, so the engine is saturated and the figure is its throughput, not the
 callers' round trips. It runs in rounds of --duration seconds; each round runs both sides back to
-back, in alternating order (off-on, on-off, ...). Reported: output tokens/s per round; the target
+back, in alternating order (off-on, on-off, ...). Each of --instances starts both sides' processes
+afresh: two identical engine processes, both without telemetry, measured 4% apart for their whole
+lives on this machine (an A/A test; memory placement), as much as the effect measured here, so one
+pair of processes is not enough. Reported: output tokens/s per round; the target
 figure, the median of the rounds' on / off ratios (each pairs two runs seconds apart, so drift
 slower than a round cancels; the quartiles show the spread), and the ratio of the two medians; the
 CPU seconds the engine and gateway processes spent per 1000 output tokens on each side, whose
@@ -118,7 +122,8 @@ class Scraper:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=12, help="rounds; each runs both sides")
+    p.add_argument("--instances", type=int, default=4, help="fresh pairs of platforms (on, off), one after another")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per instance; each runs both sides")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per side per round")
     p.add_argument("--concurrency", type=int, default=16,
                    help="concurrent streaming callers (default: twice the engine's max_num_seqs, so it stays saturated)")
@@ -144,29 +149,38 @@ def main() -> int:
         receiver = subprocess.Popen([sys.executable, str(REPO / "tests" / "telemetry" / "otlp_receiver.py")],
                                     stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(19))
         endpoint = f"http://127.0.0.1:{receiver.stdout.readline().split()[-1]}"
-        on = PlatformProcesses(model, os.path.join(tmp, "on"), endpoint, True, ENGINE, NO_LIMITS,
-                               fast_export=False)
-        off = PlatformProcesses(model, os.path.join(tmp, "off"), None, False, ENGINE, NO_LIMITS, fast_export=False)
-        os.makedirs(on.tmp), os.makedirs(off.tmp)
         results: dict[str, list[float]] = {"off": [], "on": []}
         cpu: dict[str, list[list[float]]] = {"off": [], "on": []}
         receiver_cpu0 = _proc_cpu_s(receiver.pid)
+        scrapes = 0
         try:
-            on.start()
-            off.start()
-            with Scraper([on.gateway_metrics_port, on.engine_metrics_port], args.scrape_interval) as scraper:
-                for r in range(args.rounds):
-                    sides = (("off", off), ("on", on)) if r % 2 == 0 else (("on", on), ("off", off))
-                    for name, platform in sides:
-                        tps, cpu_per_k = asyncio.run(_round(platform, args.duration, args.concurrency))
-                        results[name].append(tps)
-                        cpu[name].append(cpu_per_k)
-                        print(f"round {r + 1} {name:>3}: {tps:8.1f} output tokens/s; CPU s / 1000 tokens: engine "
-                              f"{cpu_per_k[0]:.3f}, gateway {cpu_per_k[1]:.3f}", flush=True)
+            for instance in range(args.instances):
+                # Fresh processes for each instance: two identical processes can differ by several
+                # percent for as long as they live (memory placement), as much as what is measured.
+                on = PlatformProcesses(model, os.path.join(tmp, f"on{instance}"), endpoint, True, ENGINE, NO_LIMITS,
+                                       fast_export=False)
+                off = PlatformProcesses(model, os.path.join(tmp, f"off{instance}"), None, False, ENGINE, NO_LIMITS,
+                                        fast_export=False)
+                os.makedirs(on.tmp), os.makedirs(off.tmp)
+                try:
+                    on.start()
+                    off.start()
+                    with Scraper([on.gateway_metrics_port, on.engine_metrics_port], args.scrape_interval) as scraper:
+                        for r in range(args.rounds):
+                            sides = (("off", off), ("on", on)) if r % 2 == 0 else (("on", on), ("off", off))
+                            for name, platform in sides:
+                                tps, cpu_per_k = asyncio.run(_round(platform, args.duration, args.concurrency))
+                                results[name].append(tps)
+                                cpu[name].append(cpu_per_k)
+                                print(f"instance {instance + 1} round {r + 1} {name:>3}: {tps:8.1f} output tokens/s; "
+                                      f"CPU s / 1000 tokens: engine {cpu_per_k[0]:.3f}, gateway {cpu_per_k[1]:.3f}",
+                                      flush=True)
+                    scrapes += scraper.scrapes
+                finally:
+                    on.stop()
+                    off.stop()
             receiver_cpu = _proc_cpu_s(receiver.pid) - receiver_cpu0
         finally:
-            on.stop()
-            off.stop()
             receiver.terminate()
             received = receiver.stdout.read().strip()
             receiver.wait(30)
@@ -176,9 +190,10 @@ def main() -> int:
     q1, paired_med, q3 = statistics.quantiles(paired, n=4, method="inclusive") if len(paired) > 1 else paired * 3
     on_tokens = sum(results["on"]) * args.duration
     print(f"\nmodel: {args.model or model}; cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}; "
-          f"{args.concurrency} streaming callers x {OUTPUT_TOKENS} output tokens, {args.rounds} x {args.duration:.0f} s per side")
+          f"{args.concurrency} streaming callers x {OUTPUT_TOKENS} output tokens; {args.instances} instances x "
+          f"{args.rounds} rounds x {args.duration:.0f} s per side")
     print(f"telemetry on: OTLP receiver {received} ({1000 * receiver_cpu / max(on_tokens, 1):.3f} CPU s / 1000 "
-          f"on-side tokens, at nice 19); {scraper.scrapes} Prometheus scrapes")
+          f"on-side tokens, at nice 19); {scrapes} Prometheus scrapes")
     print(f"throughput off (baseline): {off_med:.1f} output tokens/s (median)")
     print(f"throughput on:             {on_med:.1f} output tokens/s (median)")
     med = {side: [statistics.median(c[i] for c in cpu[side]) for i in range(2)] for side in cpu}
