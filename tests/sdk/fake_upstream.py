@@ -151,15 +151,25 @@ class FakeModelServicer(pb_grpc.GenerationServicer):
     def GenerateStream(self, request, context):
         n_in, n_out, finish, text = self._plan(request, context)
         request_id = self._request_id(request)
+        ended_here = threading.Event()  # the server ended the stream (last message or abort)
+
+        def count_cancellation() -> None:
+            # grpc calls this once the RPC is over, however it ended. (Checking is_active() in the
+            # loop alone misses cancellations that land while a message is being sent: grpc then
+            # stops pulling from this generator and the check never runs.)
+            if not ended_here.is_set():
+                with self._lock:
+                    self.cancelled_streams += 1
+
+        context.add_callback(count_cancellation)
         for i, piece in enumerate(self._pieces(n_out, text)):
             if self.fail_stream_after is not None and i >= self.fail_stream_after:
+                ended_here.set()
                 context.abort(grpc.StatusCode.UNAVAILABLE, "fake model: instance lost mid-stream")
             if self.token_delay_s:
                 time.sleep(self.token_delay_s)
             if not context.is_active():
-                with self._lock:
-                    self.cancelled_streams += 1
-                return
+                return  # the caller went away: stop generating
             yield pb.GenerateStreamResponse(
                 request_id=request_id, text_delta=piece, usage=self._usage(request, n_in, i + 1)
             )
@@ -168,6 +178,7 @@ class FakeModelServicer(pb_grpc.GenerationServicer):
         )
         if request.return_routing_log:
             last.routing_log.CopyFrom(self._routing_log(request, n_in + n_out))
+        ended_here.set()
         yield last
 
     def CountTokens(self, request, context):
