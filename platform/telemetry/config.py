@@ -7,6 +7,8 @@ Environment variables (the standard OpenTelemetry ones where they exist):
     OTEL_EXPORTER_OTLP_INSECURE    "true" for a plaintext collector behind an https:// URL
     OTEL_SERVICE_NAME              service.name; default minimax-m1-<service>
     OTEL_METRIC_EXPORT_INTERVAL    ms between OTLP metric pushes (default 10000)
+    OTEL_METRICS_EXEMPLAR_FILTER   always_off (our default: exemplars cost every histogram record on
+                                   the request path), trace_based (OpenTelemetry's default) or always_on
     POD_NAME / HOSTNAME            k8s.pod.name and service.instance.id (with the process id)
     POD_NAMESPACE                  k8s.namespace.name
     MINIMAX_M1_METRICS_PORT        Prometheus scrape port; unset or empty = no endpoint, 0 = any free port
@@ -26,6 +28,8 @@ ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_OTLP_INSECURE = "OTEL_EXPORTER_OTLP_INSECURE"
 ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
 ENV_METRIC_INTERVAL = "OTEL_METRIC_EXPORT_INTERVAL"
+ENV_EXEMPLAR_FILTER = "OTEL_METRICS_EXEMPLAR_FILTER"
+EXEMPLAR_FILTERS = ("always_off", "trace_based", "always_on")
 ENV_POD_NAME = "POD_NAME"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
 ENV_HOSTNAME = "HOSTNAME"
@@ -60,6 +64,7 @@ class TelemetryConfig:
     prometheus_port: int | None = None  # None = no scrape endpoint; 0 = any free port
     prometheus_host: str = "0.0.0.0"
     record_prompts: bool = False
+    exemplar_filter: str = "always_off"  # one of EXEMPLAR_FILTERS
     expert_load_every: int = 32  # collecting routing costs the step a few percent on small models; 1 in 32 estimates it well
 
     def __post_init__(self) -> None:
@@ -72,6 +77,9 @@ class TelemetryConfig:
             raise ValueError(f"telemetry.metric_export_interval_ms: must be >= 1, got {self.metric_export_interval_ms}")
         if self.expert_load_every < 0:
             raise ValueError(f"telemetry.expert_load_every: must be >= 0, got {self.expert_load_every}")
+        if self.exemplar_filter not in EXEMPLAR_FILTERS:
+            raise ValueError(f"telemetry.exemplar_filter ({ENV_EXEMPLAR_FILTER}): must be one of "
+                             f"{', '.join(EXEMPLAR_FILTERS)}, got {self.exemplar_filter!r}")
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None, **overrides) -> "TelemetryConfig":
@@ -95,6 +103,7 @@ class TelemetryConfig:
             prometheus_port=port,
             prometheus_host=env.get(ENV_METRICS_HOST, "") or "0.0.0.0",
             record_prompts=env.get(ENV_TRACE_PROMPTS, "").strip().lower() in _TRUE,
+            exemplar_filter=env.get(ENV_EXEMPLAR_FILTER, "").strip().lower() or "always_off",
             expert_load_every=every,
         )
         return replace(config, **overrides) if overrides else config

@@ -52,7 +52,7 @@ class _Live:
     objects cost the step loop, the engine's critical path); the event loop turns them, and the
     request, into spans when the request ends. Shared under the EngineTelemetry lock."""
 
-    context: Any  # SpanContext of the request span; None when the sampler left it out
+    context: Any  # SpanContext of the request span (its flags say whether the sampler kept it)
     parent: Any  # SpanContext of the caller's span (from the traceparent), or an invalid one
     name: str
     start_ns: int
@@ -231,7 +231,7 @@ class EngineTelemetry:
             live.end_queue(finish_ns)
             live.end_decode(finish_ns)
         request = live.context
-        if request is not None:
+        if request.trace_flags.sampled:
             for phase in live.phases:
                 kind = phase[0]
                 if kind == "preemption":
@@ -266,8 +266,7 @@ class EngineTelemetry:
             m.tpot.record((ended - first) / (last.output_tokens - 1), self.attributes)
         m.duration.record(ended - started, metric_attrs)
         end_ns = time.time_ns()
-        m.spans.emit(m.spans.child(request) if request is not None else None, request, "engine.finish", finish_ns,
-                     end_ns, attrs)
+        m.spans.emit(m.spans.child(request), request, "engine.finish", finish_ns, end_ns, attrs)
         m.spans.emit(request, live.parent, live.name, live.start_ns, end_ns, {**live.attributes, **attrs},
                      SpanKind.SERVER, live.events, status)
 

@@ -1,7 +1,7 @@
 """Spans whose start and end are already known, handed straight to the span processors.
 
     spans = FinishedSpans(telemetry, "minimax_m1.engine")
-    request = spans.start(extract_context(metadata), "text_completion demo", SpanKind.SERVER, attrs)  # None: unsampled
+    request = spans.start(extract_context(metadata), "text_completion demo", SpanKind.SERVER, attrs)
     ...                                                            # the request runs; times are noted
     spans.emit(spans.child(request), request, "engine.prefill", start_ns, end_ns, {"engine.chunk.tokens": 96})
     spans.emit(request, remote_parent, "text_completion demo", start_ns, end_ns, attrs, SpanKind.SERVER, events)
@@ -35,30 +35,30 @@ class FinishedSpans:
         self._sampler = getattr(provider, "sampler", None)
         self._scope = InstrumentationScope(scope, telemetry.config.resource_attributes()["service.version"])
 
-    def start(self, parent: Context | None, name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> SpanContext | None:
+    def start(self, parent: Context | None, name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> SpanContext:
         """The context of a span that starts now under `parent` (e.g. extracted from a traceparent;
-        None = a root), with the tracer provider's sampling decision (OTEL_TRACES_SAMPLER): what a
-        tracer's start_span decides. None when the span is not sampled."""
-        if not self._processors:
-            return None
+        None = a root), with the tracer provider's sampling decision (OTEL_TRACES_SAMPLER) in its
+        flags: what a tracer's start_span decides. An unsampled span still has ids, so callers
+        propagate the decision downstream, and `emit` drops it."""
         remote = trace.get_current_span(parent).get_span_context()
         trace_id = remote.trace_id if remote.is_valid else self._ids.generate_trace_id()
+        if not self._processors:
+            return SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False)
         result = self._sampler.should_sample(parent, trace_id, name, kind, attributes)
-        if not result.decision.is_sampled():
-            return None
-        return SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False,
-                           trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=result.trace_state)
+        flags = TraceFlags(TraceFlags.SAMPLED if result.decision.is_sampled() else TraceFlags.DEFAULT)
+        return SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False, trace_flags=flags,
+                           trace_state=result.trace_state)
 
     def child(self, parent: SpanContext) -> SpanContext:
         """A new span's context in `parent`'s trace, with its sampling flags."""
         return SpanContext(parent.trace_id, self._ids.generate_span_id(), is_remote=False,
                            trace_flags=parent.trace_flags, trace_state=parent.trace_state)
 
-    def emit(self, context: SpanContext | None, parent: SpanContext | None, name: str, start_ns: int, end_ns: int,
+    def emit(self, context: SpanContext, parent: SpanContext | None, name: str, start_ns: int, end_ns: int,
              attributes: Mapping[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL,
              events: Sequence[Event] = (), status: Status | None = None) -> None:
-        """One finished span (nothing when `context` is None or not sampled)."""
-        if context is None or not context.trace_flags.sampled:
+        """One finished span (nothing when `context` is not sampled)."""
+        if not context.trace_flags.sampled:
             return
         span = ReadableSpan(name, context=context, parent=parent if parent is not None and parent.is_valid else None,
                             resource=self._resource, attributes=attributes or {}, events=events, kind=kind,

@@ -12,16 +12,19 @@ With the no-op telemetry every call returns at once (outgoing() hands the metada
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import grpc
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
 from minimax_m1.telemetry import names
+from minimax_m1.telemetry.finished_spans import FinishedSpans
 from minimax_m1.telemetry.propagation import extract_context, with_trace_context
 from minimax_m1.telemetry.setup import Telemetry, current
 
@@ -33,6 +36,20 @@ _SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "IN
 
 
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+@dataclass(slots=True)
+class _Call:
+    """The server span of one call while it runs; emitted as a finished span when the call ends."""
+
+    context: Any  # its SpanContext (sampled or not); the current span for outgoing() meanwhile
+    parent: Any  # the caller's SpanContext (from its traceparent), or an invalid one
+    name: str
+    start_ns: int
+    attributes: dict
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("minimax_m1_gateway_call", default=None)
 
 
 def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
@@ -51,7 +68,7 @@ class GatewayTelemetry:
     def __init__(self, telemetry: Telemetry):
         self.telemetry = telemetry
         self.enabled = telemetry.enabled
-        self._tracer = telemetry.tracer("minimax_m1.gateway")
+        self._spans = FinishedSpans(telemetry, "minimax_m1.gateway")
         meter = telemetry.meter("minimax_m1.gateway")
         self._requests = names.create(meter, names.GATEWAY_REQUESTS)
         self._duration = names.create(meter, names.RPC_DURATION)
@@ -75,10 +92,10 @@ class GatewayTelemetry:
             return
         self._tokens.add(input_tokens, {"tenant": tenant, names.TOKEN_TYPE: "input"})
         self._tokens.add(output_tokens, {"tenant": tenant, names.TOKEN_TYPE: "output"})
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.set_attributes({"minimax_m1.tenant": tenant, "minimax_m1.call.status": status,
-                                 "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": output_tokens})
+        call = _CALL.get()
+        if call is not None:
+            call.attributes.update({"minimax_m1.tenant": tenant, "minimax_m1.call.status": status,
+                                    "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": output_tokens})
 
     def start_outbox_probe(self, db: Any, hooks: Sequence[str], interval_s: float = 5.0) -> "OutboxProbe":
         probe = OutboxProbe(self, db, hooks, interval_s)
@@ -86,22 +103,28 @@ class GatewayTelemetry:
         return probe
 
     # -- RPC spans and metrics ------------------------------------------------------------------
-    def _start(self, method: str, metadata) -> tuple[Any, Any, float]:
-        span = self._tracer.start_span(f"{SERVICE}/{method}", context=extract_context(metadata), kind=SpanKind.SERVER,
-                                       attributes={"rpc.system": "grpc", "rpc.service": SERVICE, names.RPC_METHOD: method})
-        token = context_api.attach(trace.set_span_in_context(span))
-        return span, token, time.perf_counter()
+    def _start(self, method: str, metadata) -> tuple[_Call, tuple[Any, Any], float]:
+        """The call's span starts: its ids and sampling decision now (the span is built at _end, ~3 us
+        instead of ~35 us for a live span), and it is the current span for outgoing()."""
+        parent = extract_context(metadata)
+        name = f"{SERVICE}/{method}"
+        attrs = {"rpc.system": "grpc", "rpc.service": SERVICE, names.RPC_METHOD: method}
+        context = self._spans.start(parent, name, SpanKind.SERVER, attrs)
+        call = _Call(context, trace.get_current_span(parent).get_span_context(), name, time.time_ns(), attrs)
+        tokens = (context_api.attach(trace.set_span_in_context(NonRecordingSpan(context), parent)), _CALL.set(call))
+        return call, tokens, time.perf_counter()
 
-    def _end(self, method: str, span, token, started: float, code: str) -> None:
+    def _end(self, method: str, call: _Call, tokens: tuple[Any, Any], started: float, code: str) -> None:
         attrs = {names.RPC_METHOD: method, names.RPC_STATUS: code}
         self._requests.add(1, attrs)
         self._duration.record(time.perf_counter() - started, attrs)
-        span.set_attribute(names.RPC_STATUS, code)
-        if code in _SERVER_ERRORS:
-            span.set_status(Status(StatusCode.ERROR, code))
-        span.end()
+        call.attributes[names.RPC_STATUS] = code
+        status = Status(StatusCode.ERROR, code) if code in _SERVER_ERRORS else None
+        self._spans.emit(call.context, call.parent, call.name, call.start_ns, time.time_ns(), call.attributes,
+                         SpanKind.SERVER, status=status)
         try:
-            context_api.detach(token)
+            context_api.detach(tokens[0])
+            _CALL.reset(tokens[1])
         except Exception:  # a stream closed from another task: its context is gone already
             pass
 
@@ -110,7 +133,7 @@ class GatewayTelemetry:
         a server span, with the requests and duration metrics. Wrapped once when the server is
         built: no interceptor runs per call, and no message passes through this wrapper."""
         async def behavior(request, context):
-            span, token, started = self._start(method, context.invocation_metadata())
+            call, tokens, started = self._start(method, context.invocation_metadata())
             exc: BaseException | None = None
             try:
                 return await handler(request, context)
@@ -118,7 +141,7 @@ class GatewayTelemetry:
                 exc = e
                 raise
             finally:
-                self._end(method, span, token, started, _code_name(context, exc))
+                self._end(method, call, tokens, started, _code_name(context, exc))
         return behavior
 
     # -- outbox gauges --------------------------------------------------------------------------

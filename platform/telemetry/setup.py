@@ -145,7 +145,11 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
     processors = tuple(SimpleSpanProcessor(e) if simple_spans else BatchSpanProcessor(e) for e in exporters)
     for processor in processors:
         tracer_provider.add_span_processor(processor)
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, AlwaysOnExemplarFilter, TraceBasedExemplarFilter
+
+    exemplars = {"always_off": AlwaysOffExemplarFilter, "trace_based": TraceBasedExemplarFilter,
+                 "always_on": AlwaysOnExemplarFilter}[config.exemplar_filter]()
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, exemplar_filter=exemplars)
     telemetry = Telemetry(config, tracer_provider, meter_provider, prometheus_port=port, span_processors=processors,
                           _http=http)
     if install_as_current:

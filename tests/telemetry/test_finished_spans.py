@@ -45,10 +45,14 @@ def test_the_sampler_decides_and_unsampled_spans_are_not_emitted(monkeypatch):
     mem = make_memory_telemetry()
     try:
         spans = FinishedSpans(mem.telemetry, "minimax_m1.engine")
-        assert spans.start(None, "root", SpanKind.SERVER, {}) is None  # the sampler said no
-        spans.emit(None, None, "root", 1, 2)
+        root = spans.start(None, "root", SpanKind.SERVER, {})
+        assert root.is_valid and not root.trace_flags.sampled  # the sampler said no; the ids still propagate
+        spans.emit(root, None, "root", 1, 2)
+        spans.emit(spans.child(root), root, "child of root", 1, 2)
         unsampled_parent = extract_context((("traceparent", REMOTE[:-2] + "00"),))
-        assert spans.start(unsampled_parent, "child", SpanKind.SERVER, {}) is None
+        child = spans.start(unsampled_parent, "child", SpanKind.SERVER, {})
+        assert child.trace_id == 0x0af7651916cd43dd8448eb211c80319c and not child.trace_flags.sampled
+        spans.emit(child, None, "child", 1, 2)
         assert mem.spans() == []
     finally:
         mem.telemetry.shutdown()
