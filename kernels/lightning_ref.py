@@ -26,7 +26,7 @@ def lightning_prefill_ref(
     model's, which the Triton kernel uses) caps it."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     block = compute_block(block_size, q.shape[-1])
-    if len(lengths) == 1:  # nothing to batch: skip the padded buffers (a new prompt beside decodes)
+    if len(lengths) <= 1:  # nothing to batch: skip the padded buffers (a new prompt beside decodes)
         return _prefill_loop(q, k, v, slope, cu_seqlens, initial_states, block)
     return _prefill_batched(q, k, v, slope, lengths, initial_states, block)
 
@@ -46,8 +46,6 @@ def _prefill_batched(q, k, v, slope, lengths: list[int], initial_states, block: 
     so padding never touches a state or an output. Autograd flows through (demo training)."""
     n, h, d = q.shape
     num_seqs = len(lengths)
-    if num_seqs == 0:
-        return q.new_zeros(0, h, d), torch.zeros(0, h, d, d, dtype=torch.float32, device=q.device)
     order = sorted(range(num_seqs), key=lambda i: -lengths[i])  # longest first
     rank = [0] * num_seqs
     for r, i in enumerate(order):
@@ -152,15 +150,11 @@ def lightning_decode_ref(
                          out[row:row + n])
         return out.to(q.dtype)
     if min(slots) >= 0:
-        states = state_pool.index_select(0, slot_ids)  # [B, H, D, D] copy
-        _step_states(states, decay, q32, k32, v32, out)
-        state_pool.index_copy_(0, slot_ids, states)
+        _step_gathered(state_pool, slot_ids, decay, q32, k32, v32, out)
         return out.to(q.dtype)
     keep = (slot_ids >= 0).nonzero().squeeze(1)  # [B'] rows with a slot
-    states = state_pool.index_select(0, slot_ids[keep])
     rows_out = torch.empty(keep.numel(), h, d, dtype=torch.float32, device=q.device)
-    _step_states(states, decay, q32[keep], k32[keep], v32[keep], rows_out)
-    state_pool.index_copy_(0, slot_ids[keep], states)
+    _step_gathered(state_pool, slot_ids[keep], decay, q32[keep], k32[keep], v32[keep], rows_out)
     out[keep] = rows_out
     return out.to(q.dtype)
 
@@ -192,3 +186,11 @@ def _step_states(states: torch.Tensor, decay: torch.Tensor, q: torch.Tensor, k: 
     states.mul_(decay)
     flat.baddbmm_(k.reshape(n * h, d, 1), v.reshape(n * h, 1, d))
     torch.bmm(q.reshape(n * h, 1, d), flat, out=out.view(n * h, 1, d))
+
+
+def _step_gathered(state_pool: torch.Tensor, slot_ids: torch.Tensor, decay: torch.Tensor, q: torch.Tensor,
+                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
+    """_step_states on copies of the given slots' states (one gather), written back (one scatter)."""
+    states = state_pool.index_select(0, slot_ids)  # [n, H, D, D]
+    _step_states(states, decay, q, k, v, out)
+    state_pool.index_copy_(0, slot_ids, states)

@@ -172,12 +172,20 @@ class LocalExperts(nn.Module):
 
     def use_input_major_layout(self) -> None:
         """Store each expert matrix transposed in memory; shapes, values and the state dict stay
-        as they are. The CPU reference's batched GEMMs (x W^T) then read the weights as contiguous
-        rows, ~20% faster when they stream from memory. CPU only: the Triton kernels expect the
-        default layout."""
+        as they are. The CPU reference's GEMMs (x W^T) then read the weights as contiguous rows,
+        ~20% faster when they stream from memory. The Triton kernels expect the default layout:
+        see `store_cpu_experts_input_major`."""
         with torch.no_grad():
             for p in (self.w13, self.w2):
                 p.data = p.data.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def store_cpu_experts_input_major(root: nn.Module) -> None:
+    """Every LocalExperts under `root` whose weights are on a CPU uses the input-major layout
+    (the model after loading, an expert worker's shard)."""
+    for module in root.modules():
+        if isinstance(module, LocalExperts) and module.w13.device.type == "cpu":
+            module.use_input_major_layout()
 
 
 def route(logits: torch.Tensor, top_k: int, threshold: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

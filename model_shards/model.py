@@ -21,7 +21,7 @@ from minimax_m1.model_shards.batch import ForwardBatch
 from minimax_m1.model_shards.cache import ContiguousCache, StateCache
 from minimax_m1.model_shards.checkpoint import SafetensorsCheckpoint
 from minimax_m1.model_shards.config import MiniMaxM1Config
-from minimax_m1.model_shards.layers import DecoderLayer, LocalExperts, RMSNorm
+from minimax_m1.model_shards.layers import DecoderLayer, RMSNorm, store_cpu_experts_input_major
 from minimax_m1.model_shards.sampling import SamplingParams, sample_next
 from minimax_m1.model_shards.weights import RELEASE, load_into, save_checkpoint
 
@@ -86,10 +86,7 @@ class MiniMaxM1ForCausalLM(nn.Module):
         stored input-major (LocalExperts.use_input_major_layout)."""
         self.to(device=device, dtype=dtype)
         self.lm_head.to(torch.float32)
-        if torch.device(device).type == "cpu":
-            for module in self.modules():
-                if isinstance(module, LocalExperts):
-                    module.use_input_major_layout()
+        store_cpu_experts_input_major(self)
         return self.eval()
 
     @property

@@ -68,7 +68,6 @@ class PagedCache(StateCache):
         return keys, values, torch.tensor(lengths, device=k.device)
 
 
-
 def _gather_blocks(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """Copies of the given blocks of a [NB, BS, Hkv, D] pool. [len(blocks), BS, Hkv, D]"""
     return pool.view(pool.shape[0], -1).index_select(0, blocks).view(-1, *pool.shape[1:])

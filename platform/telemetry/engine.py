@@ -33,7 +33,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from opentelemetry import trace
 from opentelemetry.metrics import Observation
 from opentelemetry.sdk.trace import Event
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -198,9 +197,10 @@ class EngineTelemetry:
 
     # -- called on the event loop ----------------------------------------------------------------
     def start_request(self, engine_request_id: str, request: Any, grpc_context: Any = None) -> "RequestTrace | None":
-        """Open a request's span (a child of the caller's, from the traceparent in the gRPC
-        metadata) and its queue span. The server calls `output()` for every output of the request's
-        stream and `end()` once after closing it. None when telemetry is off.
+        """Start a request's trace: its span's ids and sampling decision (a child of the caller's
+        span, from the traceparent in the gRPC metadata) and its time in the queue; the spans are
+        built at `end()`. The server calls `output()` for every output of the request's stream and
+        `end()` once after closing it. None when telemetry is off.
 
         `request` is the GenerateRequest; `grpc_context` supplies the caller's traceparent (Ray
         Serve's context and grpc.aio's both have invocation_metadata())."""
@@ -216,8 +216,7 @@ class EngineTelemetry:
         parent = extract_context(metadata)
         name = f"{names.OPERATION_VALUE} {self.model_name}"
         now = time.time_ns()
-        live = _Live(m.spans.start(parent, name, SpanKind.SERVER, attrs), trace.get_current_span(parent).get_span_context(),
-                     name, now, attrs, queued_ns=now)
+        live = _Live(*m.spans.start(parent, name, SpanKind.SERVER, attrs), name, now, attrs, queued_ns=now)
         with self._lock:
             self._live[engine_request_id] = live
         return RequestTrace(self, live, engine_request_id)
@@ -230,20 +229,6 @@ class EngineTelemetry:
             self._live.pop(engine_request_id, None)
             live.end_queue(finish_ns)
             live.end_decode(finish_ns)
-        request = live.context
-        if request.trace_flags.sampled:
-            for phase in live.phases:
-                kind = phase[0]
-                if kind == "preemption":
-                    live.events.append(Event("engine.preemption", phase[2], timestamp=phase[1]))
-                    continue
-                if kind == "queue":
-                    attrs = {"engine.requeued": True} if phase[3] else None
-                elif kind == "prefill":
-                    attrs = phase[3]
-                else:
-                    attrs = {"engine.decode_steps": phase[3]}
-                m.spans.emit(m.spans.child(request), request, f"engine.{kind}", phase[1], phase[2], attrs)
         error_type = _error_type(error)
         attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": live.total_decode_steps,
                                  "engine.preemptions": live.preemptions}
@@ -265,10 +250,28 @@ class EngineTelemetry:
             # the last output's time is the stream's end, a few microseconds before `ended`
             m.tpot.record((ended - first) / (last.output_tokens - 1), self.attributes)
         m.duration.record(ended - started, metric_attrs)
+        if live.context.trace_flags.sampled:
+            self._emit_spans(live, finish_ns, attrs, status)
+
+    def _emit_spans(self, live: _Live, finish_ns: int, attrs: dict, status: Status | None) -> None:
+        """The request's span tree, from the phases the step loop noted."""
+        spans, request = self._m.spans, live.context
+        for phase in live.phases:
+            kind = phase[0]
+            if kind == "preemption":
+                live.events.append(Event("engine.preemption", phase[2], timestamp=phase[1]))
+                continue
+            if kind == "queue":
+                phase_attrs = {"engine.requeued": True} if phase[3] else None
+            elif kind == "prefill":
+                phase_attrs = phase[3]
+            else:
+                phase_attrs = {"engine.decode_steps": phase[3]}
+            spans.emit(spans.child(request), request, f"engine.{kind}", phase[1], phase[2], phase_attrs)
         end_ns = time.time_ns()
-        m.spans.emit(m.spans.child(request), request, "engine.finish", finish_ns, end_ns, attrs)
-        m.spans.emit(request, live.parent, live.name, live.start_ns, end_ns, {**live.attributes, **attrs},
-                     SpanKind.SERVER, live.events, status)
+        spans.emit(spans.child(request), request, "engine.finish", finish_ns, end_ns, attrs)
+        spans.emit(request, live.parent, live.name, live.start_ns, end_ns, {**live.attributes, **attrs},
+                   SpanKind.SERVER, live.events, status)
 
     # -- readings for the observable instruments -------------------------------------------------
     def expert_load(self) -> list[list[int]]:

@@ -1,7 +1,7 @@
 """Spans whose start and end are already known, handed straight to the span processors.
 
     spans = FinishedSpans(telemetry, "minimax_m1.engine")
-    request = spans.start(extract_context(metadata), "text_completion demo", SpanKind.SERVER, attrs)
+    request, remote_parent = spans.start(extract_context(metadata), "text_completion demo", SpanKind.SERVER, attrs)
     ...                                                            # the request runs; times are noted
     spans.emit(spans.child(request), request, "engine.prefill", start_ns, end_ns, {"engine.chunk.tokens": 96})
     spans.emit(request, remote_parent, "text_completion demo", start_ns, end_ns, attrs, SpanKind.SERVER, events)
@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status
 
 
@@ -35,19 +35,21 @@ class FinishedSpans:
         self._sampler = getattr(provider, "sampler", None)
         self._scope = InstrumentationScope(scope, telemetry.config.resource_attributes()["service.version"])
 
-    def start(self, parent: Context | None, name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> SpanContext:
-        """The context of a span that starts now under `parent` (e.g. extracted from a traceparent;
-        None = a root), with the tracer provider's sampling decision (OTEL_TRACES_SAMPLER) in its
-        flags: what a tracer's start_span decides. An unsampled span still has ids, so callers
-        propagate the decision downstream, and `emit` drops it."""
+    def start(self, parent: Context | None, name: str, kind: SpanKind,
+              attributes: Mapping[str, Any]) -> tuple[SpanContext, SpanContext]:
+        """(the new span's context, its parent's) for a span that starts now under `parent` (e.g.
+        extracted from a traceparent; None = a root). The new span's flags carry the tracer
+        provider's sampling decision (OTEL_TRACES_SAMPLER): what a tracer's start_span decides,
+        whether or not this process exports spans, so it propagates downstream unchanged; `emit`
+        drops an unsampled span. The no-op telemetry gives an invalid context (nothing propagates)."""
         remote = trace.get_current_span(parent).get_span_context()
+        if self._sampler is None:
+            return INVALID_SPAN_CONTEXT, remote
         trace_id = remote.trace_id if remote.is_valid else self._ids.generate_trace_id()
-        if not self._processors:
-            return SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False)
         result = self._sampler.should_sample(parent, trace_id, name, kind, attributes)
         flags = TraceFlags(TraceFlags.SAMPLED if result.decision.is_sampled() else TraceFlags.DEFAULT)
         return SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False, trace_flags=flags,
-                           trace_state=result.trace_state)
+                           trace_state=result.trace_state), remote
 
     def child(self, parent: SpanContext) -> SpanContext:
         """A new span's context in `parent`'s trace, with its sampling flags."""

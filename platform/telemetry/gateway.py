@@ -109,9 +109,8 @@ class GatewayTelemetry:
         parent = extract_context(metadata)
         name = f"{SERVICE}/{method}"
         attrs = {"rpc.system": "grpc", "rpc.service": SERVICE, names.RPC_METHOD: method}
-        context = self._spans.start(parent, name, SpanKind.SERVER, attrs)
-        call = _Call(context, trace.get_current_span(parent).get_span_context(), name, time.time_ns(), attrs)
-        tokens = (context_api.attach(trace.set_span_in_context(NonRecordingSpan(context), parent)), _CALL.set(call))
+        call = _Call(*self._spans.start(parent, name, SpanKind.SERVER, attrs), name, time.time_ns(), attrs)
+        tokens = (context_api.attach(trace.set_span_in_context(NonRecordingSpan(call.context), parent)), _CALL.set(call))
         return call, tokens, time.perf_counter()
 
     def _end(self, method: str, call: _Call, tokens: tuple[Any, Any], started: float, code: str) -> None:

@@ -118,7 +118,8 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
     - extra span exporters and metric readers (tests pass in-memory ones). Spans go through a
       batch processor unless `simple_spans` (export at span end, for tests).
     """
-    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics import (AlwaysOffExemplarFilter, AlwaysOnExemplarFilter, MeterProvider,
+                                           TraceBasedExemplarFilter)
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -145,8 +146,6 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
     processors = tuple(SimpleSpanProcessor(e) if simple_spans else BatchSpanProcessor(e) for e in exporters)
     for processor in processors:
         tracer_provider.add_span_processor(processor)
-    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, AlwaysOnExemplarFilter, TraceBasedExemplarFilter
-
     exemplars = {"always_off": AlwaysOffExemplarFilter, "trace_based": TraceBasedExemplarFilter,
                  "always_on": AlwaysOnExemplarFilter}[config.exemplar_filter]()
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, exemplar_filter=exemplars)

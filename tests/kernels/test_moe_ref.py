@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from minimax_m1.kernels.moe_ref import moe_experts_ref
-from minimax_m1.model_shards.layers import LocalExperts
+from minimax_m1.model_shards.layers import LocalExperts, store_cpu_experts_input_major
 
 
 def per_token(x, ids, weights, w13, w2, offset):
@@ -54,3 +54,16 @@ def test_input_major_layout_keeps_values_and_state_dict():
     local.use_input_major_layout()
     after = local.state_dict()
     assert all(torch.equal(before[k], after[k]) and before[k].shape == after[k].shape for k in before)
+
+
+def test_cpu_experts_are_stored_input_major_by_the_model_and_the_helper():
+    from minimax_m1.model_shards.model import build_random_model
+    from minimax_m1.model_shards.tiny import tiny_config
+
+    model = build_random_model(tiny_config(64), seed=0).to_compute(torch.float32, "cpu")
+    experts = [m for m in model.modules() if isinstance(m, LocalExperts)]
+    assert experts and all(e.w13.transpose(1, 2).is_contiguous() and e.w2.transpose(1, 2).is_contiguous()
+                           for e in experts)
+    root = torch.nn.Sequential(LocalExperts(2, 8, 4))
+    store_cpu_experts_input_major(root)
+    assert root[0].w13.transpose(1, 2).is_contiguous()
