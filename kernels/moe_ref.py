@@ -6,8 +6,9 @@ Expert e computes w2 (silu(w1 x) * w3 x); w1 and w3 are stored fused as w13 = [w
 
 The entries are sorted by expert once; the gather, activation, weighting and scatter then run
 once for all experts, and each expert with entries runs its two GEMMs on its rows. Idle experts
-cost nothing. On a CPU a decode step is bound by reading the busy experts' weights; stored
-input-major (LocalExperts.use_input_major_layout) they are read as contiguous rows. (Batching the
+cost nothing. Weights may be stored narrower than x (a bf16 copy of bf16-valued fp32 weights,
+LocalExperts.use_cpu_layout): they are widened exactly. On the CPU the C kernel of moe_cpu runs
+instead where it applies (kernels/ops.py); this op is its reference and fallback. (Batching the
 experts into one padded GEMM, or torch's grouped GEMM, was measured slower on the demo model's
 routing: it is uneven, so padding to the busiest expert multiplies the work, and the CPU grouped
 GEMM walks idle experts too.)
@@ -22,8 +23,8 @@ def moe_experts_ref(
     x: torch.Tensor,  # [T, h]
     topk_ids: torch.Tensor,  # [T, K] global expert ids
     topk_weights: torch.Tensor,  # [T, K] routing weights (0 for unused slots)
-    w13: torch.Tensor,  # [E, 2I, h] gate (w1) rows first, then up (w3); any strides
-    w2: torch.Tensor,  # [E, h, I]; any strides
+    w13: torch.Tensor,  # [E, 2I, h] gate (w1) rows first, then up (w3); any strides; x's dtype or narrower
+    w2: torch.Tensor,  # [E, h, I]; any strides; as w13
     expert_offset: int = 0,  # global id of local expert 0; ids outside the local range are skipped
 ) -> torch.Tensor:
     """Weighted sum of the experts each token routes to. Returns [T, h] in x's dtype."""
@@ -44,8 +45,8 @@ def moe_experts_ref(
     parts, start = [], 0
     for e, c in enumerate(counts):
         if c:
-            gate, up = (xs[start:start + c] @ w13[e].t()).chunk(2, dim=-1)  # [c, I] each
-            parts.append((F.silu(gate) * up) @ w2[e].t())  # [c, h]
+            gate, up = (xs[start:start + c] @ w13[e].to(x.dtype).t()).chunk(2, dim=-1)  # [c, I] each
+            parts.append((F.silu(gate) * up) @ w2[e].to(x.dtype).t())  # [c, h]
             start += c
     ys = parts[0] if len(parts) == 1 else torch.cat(parts)  # [n, h]
     weights = topk_weights.to(torch.float32).flatten()[entries]  # [n]

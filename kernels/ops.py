@@ -1,7 +1,8 @@
 """Dispatch: pick the implementation of each op from the device of its inputs.
 
 CUDA tensors go to the Triton kernels when Triton imports; everything else (CPU tensors, or a
-machine without Triton) goes to the torch reference ops. Both sides share one API and one meaning.
+machine without Triton) goes to the torch reference ops, except the MoE on the CPU, which runs
+the C kernel of moe_cpu where it applies (fp32, experts stored input-major, no autograd). Both sides share one API and one meaning.
 The Triton modules are imported on the first CUDA call, so CPU-only users never import Triton.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from types import ModuleType
 import torch
 
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
+from minimax_m1.kernels.moe_cpu import moe_experts_cpu
 from minimax_m1.kernels.moe_ref import moe_experts_ref
 
 
@@ -47,10 +49,12 @@ def lightning_decode(q, k, v, slope, state_pool, slot_ids):
 
 
 def moe_experts(x, topk_ids, topk_weights, w13, w2, expert_offset: int = 0):
-    """See moe_experts_ref. Returns [T, h] in x's dtype."""
+    """See moe_experts_ref. Returns [T, h] in x's dtype. On the CPU the C kernel (moe_cpu) runs
+    where it applies."""
     if backend_for(x.device) == "triton":
         return _triton_kernels()[1].moe_experts_triton(x, topk_ids, topk_weights, w13, w2, expert_offset)
-    return moe_experts_ref(x, topk_ids, topk_weights, w13, w2, expert_offset)
+    out = moe_experts_cpu(x, topk_ids, topk_weights, w13, w2, expert_offset) if x.device.type == "cpu" else None
+    return out if out is not None else moe_experts_ref(x, topk_ids, topk_weights, w13, w2, expert_offset)
 
 
 __all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts"]

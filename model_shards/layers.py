@@ -10,6 +10,7 @@ parallelism: the sharded runtime swaps modules after building the model (see the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -166,26 +167,62 @@ class LocalExperts(nn.Module):
         self.expert_offset = expert_offset
         self.w13 = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))  # [E, 2I, h] w1 rows, then w3
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate))  # [E, h, I]
+        self._narrow: _NarrowCopy | None = None
 
     def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
-        return moe_experts(x, topk_ids, topk_weights, self.w13, self.w2, self.expert_offset)
+        w13, w2 = self.w13, self.w2
+        narrow = self._narrow
+        if narrow is not None and not (torch.is_grad_enabled() and w13.requires_grad) and narrow.matches(w13, w2):
+            w13, w2 = narrow.w13, narrow.w2
+        return moe_experts(x, topk_ids, topk_weights, w13, w2, self.expert_offset)
 
-    def use_input_major_layout(self) -> None:
-        """Store each expert matrix transposed in memory; shapes, values and the state dict stay
-        as they are. The CPU reference's GEMMs (x W^T) then read the weights as contiguous rows,
-        ~20% faster when they stream from memory. The Triton kernels expect the default layout:
-        see `store_cpu_experts_input_major`."""
+    def use_cpu_layout(self) -> None:
+        """Store each expert matrix transposed in memory (input-major); shapes, values and the
+        state dict stay as they are. The CPU kernels then read the weights as contiguous rows.
+
+        When the weights are fp32 and every value is exactly a bf16 (a bf16 checkpoint loaded in
+        fp32, as the demo model is), a bf16 copy is kept beside them and used for inference: the
+        kernels widen it exactly, so the results are the same, and a decode step, which reads
+        every busy expert's weights, reads half the bytes. The copy is dropped from use as soon
+        as the parameters change (training, load_state_dict, a move). The Triton kernels expect
+        the default layout: see `prepare_cpu_experts`."""
         with torch.no_grad():
             for p in (self.w13, self.w2):
                 p.data = p.data.transpose(1, 2).contiguous().transpose(1, 2)
+            self._narrow = _NarrowCopy.of(self.w13, self.w2)
 
 
-def store_cpu_experts_input_major(root: nn.Module) -> None:
-    """Every LocalExperts under `root` whose weights are on a CPU uses the input-major layout
-    (the model after loading, an expert worker's shard)."""
+@dataclass(frozen=True)
+class _NarrowCopy:
+    """A bf16 copy of fp32 expert weights whose values are all bf16, valid while they are unchanged."""
+
+    w13: torch.Tensor
+    w2: torch.Tensor
+    key: tuple
+
+    @staticmethod
+    def _key(w13: torch.Tensor, w2: torch.Tensor) -> tuple:
+        return w13.data_ptr(), w13._version, w2.data_ptr(), w2._version
+
+    @classmethod
+    def of(cls, w13: torch.Tensor, w2: torch.Tensor) -> "_NarrowCopy | None":
+        if w13.dtype != torch.float32 or w2.dtype != torch.float32:
+            return None
+        narrow = [w.transpose(1, 2).to(torch.bfloat16).transpose(1, 2) for w in (w13, w2)]  # input-major too
+        if not all(torch.equal(n.to(torch.float32), w) for n, w in zip(narrow, (w13, w2))):
+            return None
+        return cls(narrow[0], narrow[1], cls._key(w13, w2))
+
+    def matches(self, w13: torch.Tensor, w2: torch.Tensor) -> bool:
+        return self.key == self._key(w13, w2)
+
+
+def prepare_cpu_experts(root: nn.Module) -> None:
+    """Every LocalExperts under `root` whose weights are on a CPU takes the CPU layout (the model
+    after loading, an expert worker's shard)."""
     for module in root.modules():
         if isinstance(module, LocalExperts) and module.w13.device.type == "cpu":
-            module.use_input_major_layout()
+            module.use_cpu_layout()
 
 
 def route(logits: torch.Tensor, top_k: int, threshold: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

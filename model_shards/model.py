@@ -21,7 +21,7 @@ from minimax_m1.model_shards.batch import ForwardBatch
 from minimax_m1.model_shards.cache import ContiguousCache, StateCache
 from minimax_m1.model_shards.checkpoint import SafetensorsCheckpoint
 from minimax_m1.model_shards.config import MiniMaxM1Config
-from minimax_m1.model_shards.layers import DecoderLayer, RMSNorm, store_cpu_experts_input_major
+from minimax_m1.model_shards.layers import DecoderLayer, RMSNorm, prepare_cpu_experts
 from minimax_m1.model_shards.sampling import SamplingParams, sample_next
 from minimax_m1.model_shards.weights import RELEASE, load_into, save_checkpoint
 
@@ -82,11 +82,11 @@ class MiniMaxM1ForCausalLM(nn.Module):
         return model.to_compute(dtype, device)
 
     def to_compute(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "MiniMaxM1ForCausalLM":
-        """Move to a device and compute dtype, keeping the LM head in fp32; on a CPU, experts are
-        stored input-major (LocalExperts.use_input_major_layout)."""
+        """Move to a device and compute dtype, keeping the LM head in fp32; on a CPU, experts take
+        the CPU layout (LocalExperts.use_cpu_layout)."""
         self.to(device=device, dtype=dtype)
         self.lm_head.to(torch.float32)
-        store_cpu_experts_input_major(self)
+        prepare_cpu_experts(self)
         return self.eval()
 
     @property

@@ -29,7 +29,7 @@ from torch import nn
 from minimax_m1.engine.instance import CacheShape, StepRequest, StepResult, routing_counts, to_forward_batch
 from minimax_m1.model_shards.checkpoint import SafetensorsCheckpoint
 from minimax_m1.model_shards.config import MiniMaxM1Config
-from minimax_m1.model_shards.layers import LocalExperts, store_cpu_experts_input_major
+from minimax_m1.model_shards.layers import LocalExperts, prepare_cpu_experts
 from minimax_m1.model_shards.shard_plan import ShardPlan
 from minimax_m1.model_shards.tensor_parallel import TPGroup, apply_tp, load_sharded
 from minimax_m1.model_shards.weights import load_into
@@ -159,7 +159,7 @@ def build_expert_shard(config: MiniMaxM1Config, ckpt: SafetensorsCheckpoint, pla
                                                           experts.start).to(dtype)
             root.model.layers.append(layer)
     load_into(root, ckpt, config)
-    store_cpu_experts_input_major(root)
+    prepare_cpu_experts(root)
     return [layer.block_sparse_moe.experts for layer in root.model.layers]
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from minimax_m1.kernels.moe_ref import moe_experts_ref
-from minimax_m1.model_shards.layers import LocalExperts, store_cpu_experts_input_major
+from minimax_m1.model_shards.layers import LocalExperts, prepare_cpu_experts
 
 
 def per_token(x, ids, weights, w13, w2, offset):
@@ -31,7 +31,7 @@ def test_moe_reference_equals_the_per_token_formula(tokens, experts, offset, hid
         local.w13.copy_(torch.randn(experts, 2 * inter, hidden, generator=g) * 0.3)
         local.w2.copy_(torch.randn(experts, hidden, inter, generator=g) * 0.3)
     if input_major:
-        local.use_input_major_layout()
+        local.use_cpu_layout()
         assert local.w13.transpose(1, 2).is_contiguous() and local.w2.transpose(1, 2).is_contiguous()
     w13, w2 = local.w13.detach(), local.w2.detach()
     ids = torch.randint(0, 12, (tokens, 2), generator=g)  # some ids fall outside [offset, offset + E)
@@ -51,7 +51,7 @@ def test_input_major_layout_keeps_values_and_state_dict():
     local = LocalExperts(4, 8, 6)
     torch.nn.init.normal_(local.w13), torch.nn.init.normal_(local.w2)
     before = {k: v.clone() for k, v in local.state_dict().items()}
-    local.use_input_major_layout()
+    local.use_cpu_layout()
     after = local.state_dict()
     assert all(torch.equal(before[k], after[k]) and before[k].shape == after[k].shape for k in before)
 
@@ -65,5 +65,5 @@ def test_cpu_experts_are_stored_input_major_by_the_model_and_the_helper():
     assert experts and all(e.w13.transpose(1, 2).is_contiguous() and e.w2.transpose(1, 2).is_contiguous()
                            for e in experts)
     root = torch.nn.Sequential(LocalExperts(2, 8, 4))
-    store_cpu_experts_input_major(root)
+    prepare_cpu_experts(root)
     assert root[0].w13.transpose(1, 2).is_contiguous()

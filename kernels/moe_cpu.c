@@ -1,0 +1,163 @@
+/* CPU mixture-of-experts kernel: the SiLU-gated expert FFNs of moe_experts_ref, fp32, one thread.
+ *
+ * Built and loaded by kernels/moe_cpu.py (plain C, no torch headers; called through ctypes).
+ * Legend: T tokens, K experts per token, E local experts, h hidden, I expert intermediate size.
+ *
+ *   x    [T, h]     fp32, contiguous
+ *   ids  [T, K]     int64 global expert ids; ids outside [offset, offset + E) are skipped
+ *   wts  [T, K]     fp32 routing weights
+ *   w13  [E, h, 2I] input-major: row k holds input feature k's weights for the gate (w1)
+ *                   outputs, then the up (w3) outputs
+ *   w2   [E, I, h]  input-major
+ *   bf16            0: w13 and w2 are fp32; 1: they are bf16 (widened exactly to fp32 as they are
+ *                   read; all arithmetic is fp32 either way)
+ *   out  [T, h]     fp32, written (not accumulated into)
+ *
+ * out[t] = sum over t's kept entries, in expert order, of wts * w2 (silu(w1 x) * w3 x).
+ *
+ * Why: torch's per-expert GEMM calls cost ~4 us each whatever their size, and a decode step of
+ * the demo model makes ~300 of them; this kernel makes one call per MoE layer. Rows are computed
+ * in groups of 4 sharing each weight load, and every row's arithmetic is the same whatever the
+ * batch (rows never mix, the summation order is fixed), so a token's output does not depend on
+ * which other tokens share the step.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LANES 16 /* output columns per register block */
+#define ROWS 4   /* rows sharing each weight load */
+
+typedef float vfloat __attribute__((vector_size(LANES * sizeof(float))));
+typedef uint32_t vuint32 __attribute__((vector_size(LANES * sizeof(uint32_t))));
+typedef uint16_t vuint16 __attribute__((vector_size(LANES * sizeof(uint16_t))));
+
+/* LANES weights from w[idx] on, as fp32: stored fp32, or bf16 (the top half of an fp32, so
+ * widening is exact). */
+static inline __attribute__((always_inline)) vfloat load_lanes(const void *w, int64_t idx, int bf16) {
+    vfloat f;
+    if (bf16) {
+        vuint16 half;
+        memcpy(&half, (const uint16_t *)w + idx, sizeof half);
+        const vuint32 bits = __builtin_convertvector(half, vuint32) << 16;
+        memcpy(&f, &bits, sizeof f);
+    } else {
+        memcpy(&f, (const float *)w + idx, sizeof f);
+    }
+    return f;
+}
+
+static inline __attribute__((always_inline)) float load_one(const void *w, int64_t idx, int bf16) {
+    float f;
+    if (bf16) {
+        const uint32_t bits = (uint32_t)((const uint16_t *)w)[idx] << 16;
+        memcpy(&f, &bits, sizeof f);
+    } else {
+        f = ((const float *)w)[idx];
+    }
+    return f;
+}
+
+/* y[r, :] = xs[r, :] @ w for ROWS rows; xs [ROWS, in] (row stride in), w [in, out] input-major.
+ * Inlined into one function per weight type (below), so each is compiled for a constant bf16;
+ * both do the same fp32 arithmetic. */
+static inline __attribute__((always_inline)) void rows_matmul(const float *xs, const void *w, int bf16, int64_t in,
+                                                              int64_t out, float *y) {
+    int64_t n0 = 0;
+    for (; n0 + LANES <= out; n0 += LANES) {
+        vfloat a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        const float *x0 = xs, *x1 = xs + in, *x2 = xs + 2 * in, *x3 = xs + 3 * in;
+        for (int64_t k = 0; k < in; k++) {
+            const vfloat wk = load_lanes(w, k * out + n0, bf16);
+            a0 += x0[k] * wk;
+            a1 += x1[k] * wk;
+            a2 += x2[k] * wk;
+            a3 += x3[k] * wk;
+        }
+        memcpy(y + n0, &a0, sizeof a0);
+        memcpy(y + out + n0, &a1, sizeof a1);
+        memcpy(y + 2 * out + n0, &a2, sizeof a2);
+        memcpy(y + 3 * out + n0, &a3, sizeof a3);
+    }
+    for (; n0 < out; n0++) { /* the columns past the last full block */
+        for (int r = 0; r < ROWS; r++) {
+            float a = 0.0f;
+            for (int64_t k = 0; k < in; k++) a += xs[r * in + k] * load_one(w, k * out + n0, bf16);
+            y[r * out + n0] = a;
+        }
+    }
+}
+
+static void rows_matmul_f32(const float *xs, const void *w, int64_t in, int64_t out, float *y) {
+    rows_matmul(xs, w, 0, in, out, y);
+}
+
+static void rows_matmul_bf16(const float *xs, const void *w, int64_t in, int64_t out, float *y) {
+    rows_matmul(xs, w, 1, in, out, y);
+}
+
+/* Returns 0, or -1 when scratch memory could not be allocated. */
+int moe_experts(const float *x, const int64_t *ids, const float *wts, const void *w13, const void *w2, int bf16,
+                float *out, int64_t T, int64_t K, int64_t E, int64_t h, int64_t I, int64_t offset) {
+    const int64_t wsize = bf16 ? 2 : 4;
+    const int64_t n_entries = T * K;
+    int64_t *count = calloc((size_t)E + 1, sizeof(int64_t));
+    int64_t *order = malloc((size_t)(n_entries > 0 ? n_entries : 1) * sizeof(int64_t));
+    float *xs = malloc((size_t)ROWS * h * sizeof(float));
+    float *gu = malloc((size_t)ROWS * 2 * I * sizeof(float));
+    float *act = malloc((size_t)ROWS * I * sizeof(float));
+    float *ys = malloc((size_t)ROWS * h * sizeof(float));
+    int64_t *fill = malloc((size_t)(E > 0 ? E : 1) * sizeof(int64_t));
+    int rc = 0;
+    if (!count || !order || !xs || !gu || !act || !ys || !fill) {
+        rc = -1;
+        goto done;
+    }
+    memset(out, 0, (size_t)T * h * sizeof(float));
+
+    /* Counting sort of the kept entries by expert, stable (token order within an expert). */
+    for (int64_t i = 0; i < n_entries; i++) {
+        const int64_t e = ids[i] - offset;
+        if (e >= 0 && e < E) count[e + 1]++;
+    }
+    for (int64_t e = 0; e < E; e++) count[e + 1] += count[e]; /* count[e] = start of expert e */
+    memcpy(fill, count, (size_t)E * sizeof(int64_t));
+    for (int64_t i = 0; i < n_entries; i++) {
+        const int64_t e = ids[i] - offset;
+        if (e >= 0 && e < E) order[fill[e]++] = i;
+    }
+
+    for (int64_t e = 0; e < E; e++) {
+        void (*const matmul)(const float *, const void *, int64_t, int64_t, float *) = bf16 ? rows_matmul_bf16 : rows_matmul_f32;
+        const char *we13 = (const char *)w13 + e * h * 2 * I * wsize, *we2 = (const char *)w2 + e * I * h * wsize;
+        for (int64_t s = count[e]; s < count[e + 1]; s += ROWS) {
+            const int64_t nr = count[e + 1] - s < ROWS ? count[e + 1] - s : ROWS;
+            for (int64_t r = 0; r < ROWS; r++) { /* gather the rows; unused ones are zero */
+                if (r < nr) memcpy(xs + r * h, x + (order[s + r] / K) * h, (size_t)h * sizeof(float));
+                else memset(xs + r * h, 0, (size_t)h * sizeof(float));
+            }
+            matmul(xs, we13, h, 2 * I, gu);
+            for (int64_t r = 0; r < ROWS; r++) {
+                const float *g = gu + r * 2 * I, *u = g + I;
+                for (int64_t i = 0; i < I; i++) act[r * I + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            }
+            matmul(act, we2, I, h, ys);
+            for (int64_t r = 0; r < nr; r++) {
+                const int64_t entry = order[s + r];
+                const float wt = wts[entry];
+                float *o = out + (entry / K) * h;
+                for (int64_t j = 0; j < h; j++) o[j] += ys[r * h + j] * wt;
+            }
+        }
+    }
+done:
+    free(count);
+    free(order);
+    free(xs);
+    free(gu);
+    free(act);
+    free(ys);
+    free(fill);
+    return rc;
+}

@@ -1,0 +1,137 @@
+"""The C MoE kernel (kernels/moe_cpu.c, built with the machine's C compiler) against the torch
+reference; its bf16 weight storage; batch invariance; where it does not apply; and the experts'
+bf16 copy of bf16-valued fp32 weights."""
+import logging
+import shutil
+
+import pytest
+import torch
+
+from minimax_m1.kernels import moe_cpu, moe_experts
+from minimax_m1.kernels.moe_ref import moe_experts_ref
+from minimax_m1.model_shards.layers import LocalExperts
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the CPU MoE kernel")
+
+
+def input_major(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def case(tokens, experts, hidden, inter, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=g)
+    w13 = input_major((torch.randn(experts, 2 * inter, hidden, generator=g) * 0.2).to(dtype))
+    w2 = input_major((torch.randn(experts, hidden, inter, generator=g) * 0.2).to(dtype))
+    ids = torch.randint(0, experts + 4, (tokens, 2), generator=g)  # some ids are another shard's
+    ids[::3, 1] = -1  # dropped slots (expert_threshold)
+    ids[: tokens // 2, 0] = 1  # one busy expert: rows past the first group of 4
+    weights = torch.rand(tokens, 2, generator=g)
+    return x, ids, weights, w13, w2
+
+
+@pytest.fixture(autouse=True)
+def fresh_library(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIMAX_M1_KERNEL_CACHE", str(tmp_path / "kernels"))
+    moe_cpu.library.cache_clear()
+    yield
+    moe_cpu.library.cache_clear()
+
+
+@pytest.mark.parametrize("tokens,experts,offset,hidden,inter", [
+    (0, 4, 0, 16, 8), (1, 8, 0, 16, 8), (7, 8, 2, 32, 24), (64, 32, 0, 128, 96), (300, 8, 4, 48, 40),
+    (5, 3, 0, 20, 10)])  # hidden / intermediate sizes that are not multiples of the 16-lane blocks
+def test_the_kernel_equals_the_reference(tokens, experts, offset, hidden, inter):
+    x, ids, weights, w13, w2 = case(tokens, experts, hidden, inter, seed=tokens)
+    ids = ids + offset
+    got = moe_cpu.moe_experts_cpu(x, ids, weights, w13, w2, offset)
+    assert got is not None, "the kernel should apply to fp32 input-major experts"
+    want = moe_experts_ref(x, ids, weights, w13, w2, offset)
+    assert got.shape == want.shape == (tokens, hidden)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_storage_gives_exactly_the_fp32_result_of_the_same_values():
+    x, ids, weights, w13, w2 = case(40, 8, 64, 48, dtype=torch.bfloat16)
+    narrow = moe_cpu.moe_experts_cpu(x, ids, weights, w13, w2)
+    wide = moe_cpu.moe_experts_cpu(x, ids, weights, input_major(w13.float()), input_major(w2.float()))
+    assert narrow is not None and torch.equal(narrow, wide)
+    torch.testing.assert_close(narrow, moe_experts_ref(x, ids, weights, w13, w2), rtol=1e-5, atol=1e-5)
+
+
+def test_a_tokens_output_does_not_depend_on_the_rest_of_the_batch():
+    x, ids, weights, w13, w2 = case(33, 8, 64, 48)
+    batch = moe_cpu.moe_experts_cpu(x, ids, weights, w13, w2)
+    for t in (0, 5, 32):
+        alone = moe_cpu.moe_experts_cpu(x[t:t + 1], ids[t:t + 1], weights[t:t + 1], w13, w2)
+        assert torch.equal(alone[0], batch[t])
+
+
+def test_where_the_kernel_does_not_apply_the_dispatcher_runs_the_reference():
+    x, ids, weights, w13, w2 = case(6, 4, 16, 8)
+    default_layout = (w13.contiguous(), w2.contiguous())
+    assert moe_cpu.moe_experts_cpu(x, ids, weights, *default_layout) is None
+    assert moe_cpu.moe_experts_cpu(x.double(), ids, weights, w13.double(), w2.double()) is None
+    xg = x.clone().requires_grad_()
+    assert moe_cpu.moe_experts_cpu(xg, ids, weights, w13, w2) is None
+    out = moe_experts(xg, ids, weights, *default_layout)  # autograd through the reference
+    out.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    torch.testing.assert_close(out.detach(), moe_experts_ref(x, ids, weights, w13, w2))
+
+
+def test_switched_off_or_without_a_compiler_the_reference_runs(monkeypatch, caplog):
+    x, ids, weights, w13, w2 = case(6, 4, 16, 8)
+    want = moe_experts_ref(x, ids, weights, w13, w2)
+    monkeypatch.setenv("MINIMAX_M1_CPU_KERNELS", "0")
+    assert moe_cpu.library() is None and moe_cpu.moe_experts_cpu(x, ids, weights, w13, w2) is None
+    monkeypatch.delenv("MINIMAX_M1_CPU_KERNELS")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    moe_cpu.library.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="minimax_m1.kernels.moe_cpu"):
+        assert moe_cpu.library() is None
+    assert "CPU MoE kernel unavailable" in caplog.text
+    torch.testing.assert_close(moe_experts(x, ids, weights, w13, w2), want)
+
+
+def test_the_built_library_is_cached_per_source_and_cpu(tmp_path):
+    assert moe_cpu.library() is not None
+    built = list((tmp_path / "kernels").glob("moe_cpu-*.so"))
+    assert len(built) == 1
+    moe_cpu.library.cache_clear()
+    assert moe_cpu.library() is not None and list((tmp_path / "kernels").glob("moe_cpu-*.so")) == built
+
+
+def _experts(bf16_values: bool) -> LocalExperts:
+    local = LocalExperts(4, 32, 16)
+    with torch.no_grad():
+        torch.nn.init.normal_(local.w13, std=0.2), torch.nn.init.normal_(local.w2, std=0.2)
+        if bf16_values:
+            local.w13.copy_(local.w13.to(torch.bfloat16)), local.w2.copy_(local.w2.to(torch.bfloat16))
+    return local
+
+
+def test_experts_keep_a_bf16_copy_only_of_bf16_valued_weights_and_drop_it_when_they_change():
+    x, ids, weights, _, _ = case(10, 4, 32, 16)
+    exact = _experts(bf16_values=True)
+    before = exact.state_dict()
+    exact.use_cpu_layout()
+    assert exact._narrow is not None and exact._narrow.w13.dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in exact.state_dict().values())  # the state dict is untouched
+    assert all(torch.equal(before[k], v) for k, v in exact.state_dict().items())
+    with torch.inference_mode():
+        out = exact(x, ids, weights)
+    torch.testing.assert_close(out, moe_experts_ref(x, ids, weights, exact.w13.detach(), exact.w2.detach()),
+                               rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():  # an optimizer step / load_state_dict: the copy no longer matches
+        exact.w13.mul_(0.5)
+    with torch.inference_mode():
+        changed = exact(x, ids, weights)
+    assert not exact._narrow.matches(exact.w13, exact.w2)
+    torch.testing.assert_close(changed, moe_experts_ref(x, ids, weights, exact.w13.detach(), exact.w2.detach()),
+                               rtol=1e-5, atol=1e-5)
+
+    general = _experts(bf16_values=False)
+    general.use_cpu_layout()
+    assert general._narrow is None  # a bf16 copy would change the values
