@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="checkpoint folder (default: the demo model)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
     ap.add_argument("--output-tokens", type=int, default=32)
-    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="alternating repeats; the best of each is kept")
     ap.add_argument("--decode-steps", type=int, default=32)
     ap.add_argument("--long-context", type=int, default=16 * 1024)
