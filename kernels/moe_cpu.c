@@ -28,6 +28,7 @@
 
 #define LANES 16 /* output columns per register block */
 #define ROWS 4   /* rows sharing each weight load */
+#define WIDE 4   /* vectors of columns sharing each row value */
 
 typedef float vfloat __attribute__((vector_size(LANES * sizeof(float))));
 typedef uint32_t vuint32 __attribute__((vector_size(LANES * sizeof(uint32_t))));
@@ -65,6 +66,18 @@ static inline __attribute__((always_inline)) float load_one(const void *w, int64
 static inline __attribute__((always_inline)) void rows_matmul(const float *xs, const void *w, int bf16, int64_t in,
                                                               int64_t out, float *y) {
     int64_t n0 = 0;
+    for (; n0 + WIDE * LANES <= out; n0 += WIDE * LANES) { /* ROWS x WIDE vectors of accumulators */
+        vfloat a[ROWS][WIDE] = {{{0}}};
+        for (int64_t k = 0; k < in; k++) {
+            vfloat wk[WIDE];
+            for (int b = 0; b < WIDE; b++) wk[b] = load_lanes(w, k * out + n0 + b * LANES, bf16);
+            for (int r = 0; r < ROWS; r++) {
+                const float xr = xs[r * in + k];
+                for (int b = 0; b < WIDE; b++) a[r][b] += xr * wk[b];
+            }
+        }
+        for (int r = 0; r < ROWS; r++) memcpy(y + r * out + n0, a[r], sizeof a[r]);
+    }
     for (; n0 + LANES <= out; n0 += LANES) {
         vfloat a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         const float *x0 = xs, *x1 = xs + in, *x2 = xs + 2 * in, *x3 = xs + 3 * in;

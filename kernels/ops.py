@@ -1,8 +1,8 @@
 """Dispatch: pick the implementation of each op from the device of its inputs.
 
 CUDA tensors go to the Triton kernels when Triton imports; everything else (CPU tensors, or a
-machine without Triton) goes to the torch reference ops, except the MoE on the CPU, which runs
-the C kernel of moe_cpu where it applies (fp32, experts stored input-major, no autograd). Both sides share one API and one meaning.
+machine without Triton) goes to the torch reference ops, except where the C kernels of
+cpu_kernels apply on the CPU (fp32, experts stored input-major, no autograd). Both sides share one API and one meaning.
 The Triton modules are imported on the first CUDA call, so CPU-only users never import Triton.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from types import ModuleType
 import torch
 
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
-from minimax_m1.kernels.moe_cpu import moe_experts_cpu
+from minimax_m1.kernels.cpu_kernels import lightning_scan_cpu, moe_experts_cpu
 from minimax_m1.kernels.moe_ref import moe_experts_ref
 
 
@@ -38,6 +38,13 @@ def lightning_prefill(q, k, v, slope, cu_seqlens, initial_states, block_size):
     """See lightning_prefill_ref. Returns (out [N, H, D], final states [S, H, D, D] fp32)."""
     if backend_for(q.device) == "triton":
         return _triton_kernels()[0].lightning_prefill_triton(q, k, v, slope, cu_seqlens, initial_states, block_size)
+    if q.device.type == "cpu":
+        num_seqs, h, d = cu_seqlens.numel() - 1, q.shape[1], q.shape[2]
+        finals = (initial_states.to(torch.float32, copy=True).contiguous() if initial_states is not None
+                  else torch.zeros(num_seqs, h, d, d, dtype=torch.float32))
+        out = lightning_scan_cpu(q, k, v, slope, finals, torch.arange(num_seqs), cu_seqlens)
+        if out is not None:
+            return out.to(q.dtype), finals
     return lightning_prefill_ref(q, k, v, slope, cu_seqlens, initial_states, block_size)
 
 
@@ -45,6 +52,10 @@ def lightning_decode(q, k, v, slope, state_pool, slot_ids):
     """See lightning_decode_ref. Returns out [B, H, D]; updates state_pool in place."""
     if backend_for(q.device) == "triton":
         return _triton_kernels()[0].lightning_decode_triton(q, k, v, slope, state_pool, slot_ids)
+    if q.device.type == "cpu":
+        out = lightning_scan_cpu(q, k, v, slope, state_pool, slot_ids, torch.arange(q.shape[0] + 1))
+        if out is not None:
+            return out.to(q.dtype)
     return lightning_decode_ref(q, k, v, slope, state_pool, slot_ids)
 
 

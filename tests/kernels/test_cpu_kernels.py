@@ -1,4 +1,4 @@
-"""The C MoE kernel (kernels/moe_cpu.c, built with the machine's C compiler) against the torch
+"""The C MoE kernel (kernels/cpu_kernels.c, built with the machine's C compiler) against the torch
 reference; its bf16 weight storage; batch invariance; where it does not apply; and the experts'
 bf16 copy of bf16-valued fp32 weights."""
 import logging
@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from minimax_m1.kernels import moe_cpu, moe_experts
+from minimax_m1.kernels import cpu_kernels, moe_experts
 from minimax_m1.kernels.moe_ref import moe_experts_ref
 from minimax_m1.model_shards.layers import LocalExperts
 
@@ -33,9 +33,9 @@ def case(tokens, experts, hidden, inter, seed=0, dtype=torch.float32):
 @pytest.fixture(autouse=True)
 def fresh_library(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIMAX_M1_KERNEL_CACHE", str(tmp_path / "kernels"))
-    moe_cpu.library.cache_clear()
+    cpu_kernels.library.cache_clear()
     yield
-    moe_cpu.library.cache_clear()
+    cpu_kernels.library.cache_clear()
 
 
 @pytest.mark.parametrize("tokens,experts,offset,hidden,inter", [
@@ -44,7 +44,7 @@ def fresh_library(tmp_path, monkeypatch):
 def test_the_kernel_equals_the_reference(tokens, experts, offset, hidden, inter):
     x, ids, weights, w13, w2 = case(tokens, experts, hidden, inter, seed=tokens)
     ids = ids + offset
-    got = moe_cpu.moe_experts_cpu(x, ids, weights, w13, w2, offset)
+    got = cpu_kernels.moe_experts_cpu(x, ids, weights, w13, w2, offset)
     assert got is not None, "the kernel should apply to fp32 input-major experts"
     want = moe_experts_ref(x, ids, weights, w13, w2, offset)
     assert got.shape == want.shape == (tokens, hidden)
@@ -53,27 +53,27 @@ def test_the_kernel_equals_the_reference(tokens, experts, offset, hidden, inter)
 
 def test_bf16_storage_gives_exactly_the_fp32_result_of_the_same_values():
     x, ids, weights, w13, w2 = case(40, 8, 64, 48, dtype=torch.bfloat16)
-    narrow = moe_cpu.moe_experts_cpu(x, ids, weights, w13, w2)
-    wide = moe_cpu.moe_experts_cpu(x, ids, weights, input_major(w13.float()), input_major(w2.float()))
+    narrow = cpu_kernels.moe_experts_cpu(x, ids, weights, w13, w2)
+    wide = cpu_kernels.moe_experts_cpu(x, ids, weights, input_major(w13.float()), input_major(w2.float()))
     assert narrow is not None and torch.equal(narrow, wide)
     torch.testing.assert_close(narrow, moe_experts_ref(x, ids, weights, w13, w2), rtol=1e-5, atol=1e-5)
 
 
 def test_a_tokens_output_does_not_depend_on_the_rest_of_the_batch():
     x, ids, weights, w13, w2 = case(33, 8, 64, 48)
-    batch = moe_cpu.moe_experts_cpu(x, ids, weights, w13, w2)
+    batch = cpu_kernels.moe_experts_cpu(x, ids, weights, w13, w2)
     for t in (0, 5, 32):
-        alone = moe_cpu.moe_experts_cpu(x[t:t + 1], ids[t:t + 1], weights[t:t + 1], w13, w2)
+        alone = cpu_kernels.moe_experts_cpu(x[t:t + 1], ids[t:t + 1], weights[t:t + 1], w13, w2)
         assert torch.equal(alone[0], batch[t])
 
 
 def test_where_the_kernel_does_not_apply_the_dispatcher_runs_the_reference():
     x, ids, weights, w13, w2 = case(6, 4, 16, 8)
     default_layout = (w13.contiguous(), w2.contiguous())
-    assert moe_cpu.moe_experts_cpu(x, ids, weights, *default_layout) is None
-    assert moe_cpu.moe_experts_cpu(x.double(), ids, weights, w13.double(), w2.double()) is None
+    assert cpu_kernels.moe_experts_cpu(x, ids, weights, *default_layout) is None
+    assert cpu_kernels.moe_experts_cpu(x.double(), ids, weights, w13.double(), w2.double()) is None
     xg = x.clone().requires_grad_()
-    assert moe_cpu.moe_experts_cpu(xg, ids, weights, w13, w2) is None
+    assert cpu_kernels.moe_experts_cpu(xg, ids, weights, w13, w2) is None
     out = moe_experts(xg, ids, weights, *default_layout)  # autograd through the reference
     out.sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
@@ -84,22 +84,22 @@ def test_switched_off_or_without_a_compiler_the_reference_runs(monkeypatch, capl
     x, ids, weights, w13, w2 = case(6, 4, 16, 8)
     want = moe_experts_ref(x, ids, weights, w13, w2)
     monkeypatch.setenv("MINIMAX_M1_CPU_KERNELS", "0")
-    assert moe_cpu.library() is None and moe_cpu.moe_experts_cpu(x, ids, weights, w13, w2) is None
+    assert cpu_kernels.library() is None and cpu_kernels.moe_experts_cpu(x, ids, weights, w13, w2) is None
     monkeypatch.delenv("MINIMAX_M1_CPU_KERNELS")
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    moe_cpu.library.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="minimax_m1.kernels.moe_cpu"):
-        assert moe_cpu.library() is None
-    assert "CPU MoE kernel unavailable" in caplog.text
+    cpu_kernels.library.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="minimax_m1.kernels.cpu_kernels"):
+        assert cpu_kernels.library() is None
+    assert "CPU kernels unavailable" in caplog.text
     torch.testing.assert_close(moe_experts(x, ids, weights, w13, w2), want)
 
 
 def test_the_built_library_is_cached_per_source_and_cpu(tmp_path):
-    assert moe_cpu.library() is not None
-    built = list((tmp_path / "kernels").glob("moe_cpu-*.so"))
+    assert cpu_kernels.library() is not None
+    built = list((tmp_path / "kernels").glob("cpu_kernels-*.so"))
     assert len(built) == 1
-    moe_cpu.library.cache_clear()
-    assert moe_cpu.library() is not None and list((tmp_path / "kernels").glob("moe_cpu-*.so")) == built
+    cpu_kernels.library.cache_clear()
+    assert cpu_kernels.library() is not None and list((tmp_path / "kernels").glob("cpu_kernels-*.so")) == built
 
 
 def _experts(bf16_values: bool) -> LocalExperts:

@@ -1,0 +1,149 @@
+"""The CPU kernels, in C: the mixture of experts (moe_cpu.c, the meaning of moe_experts_ref) and
+the lightning attention recurrence (lightning_cpu.c, the meaning of lightning_ref), for fp32
+tensors on the CPU. Built into one library on first use with the machine's C compiler, cached,
+and called through ctypes (which releases the GIL).
+
+Why: a small model's step is mostly the fixed cost of torch calls (~4 us each, whatever their
+size): two GEMMs per busy expert, ~15 ops per lightning chunk. These kernels make one call per
+layer. Each returns None when it does not apply (no C compiler, another dtype or layout,
+autograd), and the caller (kernels/ops.py) then runs the torch reference.
+
+    MINIMAX_M1_CPU_KERNELS=0        never build or use it (the torch reference runs)
+    MINIMAX_M1_KERNEL_CACHE=DIR     where the built library is kept (default ~/.cache/minimax_m1/kernels)
+    CC                              the compiler (default cc)
+
+The library's name carries a hash of the source, the flags, the compiler and the CPU's feature
+flags (it is built with -march=native), so a changed source or another CPU model builds afresh.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("moe_cpu.c", "lightning_cpu.c"))
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
+
+
+def enabled() -> bool:
+    return os.environ.get("MINIMAX_M1_CPU_KERNELS", "1") != "0"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+def _build(cc: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], check=True, capture_output=True, text=True,
+                       timeout=120)
+        os.replace(tmp, target)  # atomic: processes building at once each install a whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, built if needed; None (after one warning) where they cannot be built."""
+    if not enabled():
+        return None
+    cc = os.environ.get("CC", "cc")
+    sources = [path.read_bytes() for path in SOURCES]
+    key = hashlib.sha256(b"\0".join([*sources, " ".join(FLAGS).encode(), cc.encode(), _cpu_flags().encode()]))
+    cache = Path(os.environ.get("MINIMAX_M1_KERNEL_CACHE") or Path.home() / ".cache" / "minimax_m1" / "kernels")
+    target = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    try:
+        if not target.exists():
+            _build(cc, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log.warning("CPU kernels unavailable (%s); using the torch reference ops", detail)
+        return None
+    lib.moe_experts.restype = ctypes.c_int
+    lib.moe_experts.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] + [ctypes.c_void_p] + [ctypes.c_int64] * 6
+    lib.lightning_scan.restype = None
+    lib.lightning_scan.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4 + \
+        [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    return lib
+
+
+def _applies(*tensors: torch.Tensor) -> bool:
+    """fp32 CPU tensors outside autograd."""
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _rows(q, k, v) -> tuple[int, int] | None:
+    """(row stride, head stride) shared by q, k, v [N, H, D] with contiguous heads, or None."""
+    if not (q.stride() == k.stride() == v.stride() and q.stride(-1) == 1):
+        return None
+    return q.stride(0), q.stride(1)
+
+
+def moe_experts_cpu(x, topk_ids, topk_weights, w13, w2, expert_offset: int = 0) -> torch.Tensor | None:
+    """moe_experts_ref computed by the C kernel, or None when the kernel does not apply. x is fp32;
+    the experts fp32 or bf16 (then used exactly as their fp32 widening: the arithmetic is fp32)."""
+    w13_in, w2_in = w13.transpose(1, 2), w2.transpose(1, 2)  # [E, h, 2I], [E, I, h]: views
+    if not (w13.dtype == w2.dtype and w13.dtype in (torch.float32, torch.bfloat16) and w13_in.is_contiguous()
+            and w2_in.is_contiguous() and w13.device.type == "cpu"):
+        return None
+    if not _applies(x, topk_weights) or (torch.is_grad_enabled() and (w13.requires_grad or w2.requires_grad)):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    t, k = topk_ids.shape
+    num_experts, h, two_i = w13_in.shape
+    x = x.contiguous()
+    ids = topk_ids.to(torch.int64).contiguous()
+    weights = topk_weights.to(torch.float32).contiguous()
+    out = torch.empty(t, h, dtype=torch.float32)
+    rc = lib.moe_experts(x.data_ptr(), ids.data_ptr(), weights.data_ptr(), w13_in.data_ptr(), w2_in.data_ptr(),
+                         int(w13.dtype == torch.bfloat16), out.data_ptr(), t, k, num_experts, h, two_i // 2, expert_offset)
+    if rc != 0:
+        raise MemoryError("CPU MoE kernel: out of memory for its scratch buffers")
+    return out
+
+
+def lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens) -> torch.Tensor | None:
+    """The lightning recurrence over packed sequences (see lightning_cpu.c): sequence i's tokens
+    cu_seqlens[i]..cu_seqlens[i+1] run from state pool[slot_ids[i]], updated in place (a negative
+    slot skips the sequence; its rows of the output are left as they were: zero).
+    Returns out [N, H, D], or None when the kernel does not apply."""
+    if not _applies(q, k, v, pool) or not pool.is_contiguous():
+        return None
+    strides = _rows(q, k, v)
+    if strides is None:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        strides = _rows(q, k, v)
+    lib = library()
+    if lib is None:
+        return None
+    n, h, d = q.shape
+    assert pool.shape[1:] == (h, d, d), f"state pool {tuple(pool.shape)} does not hold [H={h}, D={d}, D] states"
+    slope = slope.to(torch.float32).contiguous()
+    slots = slot_ids.to(torch.int64).contiguous()
+    cu = cu_seqlens.to(torch.int64).contiguous()
+    out = torch.zeros(n, h, d, dtype=torch.float32)
+    lib.lightning_scan(q.data_ptr(), k.data_ptr(), v.data_ptr(), strides[0], strides[1], slope.data_ptr(),
+                       pool.data_ptr(), slots.data_ptr(), cu.data_ptr(), slots.numel(), h, d, out.data_ptr())
+    return out
