@@ -1,17 +1,19 @@
-"""The C MoE kernel (kernels/cpu_kernels.c, built with the machine's C compiler) against the torch
-reference; its bf16 weight storage; batch invariance; where it does not apply; and the experts'
-bf16 copy of bf16-valued fp32 weights."""
+"""The C kernels (kernels/moe_cpu.c, kernels/lightning_cpu.c, built by kernels/cpu_kernels.py
+with the machine's C compiler) against the torch reference ops: the MoE with fp32 and bf16 weight
+storage, the lightning recurrence as prefill and decode; batch invariance; where they do not apply;
+and the experts' bf16 copy of bf16-valued fp32 weights."""
 import logging
 import shutil
 
 import pytest
 import torch
 
-from minimax_m1.kernels import cpu_kernels, moe_experts
+from minimax_m1.kernels import cpu_kernels, lightning_decode, lightning_prefill, moe_experts
+from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.moe_ref import moe_experts_ref
 from minimax_m1.model_shards.layers import LocalExperts
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the CPU MoE kernel")
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the CPU kernels")
 
 
 def input_major(t: torch.Tensor) -> torch.Tensor:
@@ -135,3 +137,65 @@ def test_experts_keep_a_bf16_copy_only_of_bf16_valued_weights_and_drop_it_when_t
     general = _experts(bf16_values=False)
     general.use_cpu_layout()
     assert general._narrow is None  # a bf16 copy would change the values
+
+
+def qkv_views(tokens, heads, dim, seed):
+    """q, k, v as the lightning layer makes them: views into one fused [N, H, 3D] projection."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(tokens, heads, 3 * dim, generator=g) * 0.3).split(dim, dim=-1)
+
+
+@pytest.mark.parametrize("lengths,heads,dim", [([76], 4, 32), ([3, 130, 1, 40], 2, 16), ([0, 5, 0], 2, 8), ([300], 1, 20)])
+@pytest.mark.parametrize("initial", [False, True])
+def test_lightning_prefill_equals_the_reference(lengths, heads, dim, initial):
+    q, k, v = qkv_views(sum(lengths), heads, dim, seed=len(lengths))
+    assert cpu_kernels._rows(q, k, v) is not None  # the kernel reads the views in place
+    slope = torch.tensor([0.9, 0.3, 0.05, 0.002][:heads])
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    states = torch.randn(len(lengths), heads, dim, dim) * 0.1 if initial else None
+    want_out, want_final = lightning_prefill_ref(q, k, v, slope, cu, states, 64)
+    with torch.inference_mode():
+        out, final = lightning_prefill(q, k, v, slope, cu, states, 64)
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(final, want_final, rtol=1e-4, atol=1e-5)
+    if states is not None:
+        assert not torch.equal(states, final)  # the caller's initial states are not written
+
+
+def test_lightning_decode_updates_the_pool_in_place_and_skips_padding():
+    q, k, v = qkv_views(6, 4, 32, seed=1)
+    slope = torch.tensor([0.9, 0.3, 0.05, 0.002])
+    pool = torch.randn(10, 4, 32, 32) * 0.1
+    slots = torch.tensor([3, 4, 9, -1, 0, 5])
+    start, want_pool = pool.clone(), pool.clone()
+    want = lightning_decode_ref(q, k, v, slope, want_pool, slots)
+    got = cpu_kernels.lightning_scan_cpu(q, k, v, slope, pool, slots, torch.arange(7))
+    assert got is not None
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pool, want_pool, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[3], torch.zeros(4, 32))  # the padding row
+    assert torch.equal(lightning_decode(q, k, v, slope, start, slots), got)  # the op takes the kernel
+    assert torch.equal(start, pool)
+
+
+def test_a_prompt_in_chunks_or_beside_others_gives_the_same_bits():
+    """The recurrence runs token by token per sequence: chunking and batching change nothing."""
+    q, k, v = qkv_views(50, 2, 16, seed=2)
+    slope = torch.tensor([0.5, 0.01])
+    whole, whole_final = lightning_prefill(q, k, v, slope, torch.tensor([0, 50]), None, 64)
+    first, state = lightning_prefill(q[:17], k[:17], v[:17], slope, torch.tensor([0, 17]), None, 64)
+    rest, final = lightning_prefill(q[17:], k[17:], v[17:], slope, torch.tensor([0, 33]), state, 64)
+    assert torch.equal(torch.cat([first, rest]), whole) and torch.equal(final, whole_final)
+    other_q, other_k, other_v = qkv_views(9, 2, 16, seed=3)
+    both, _ = lightning_prefill(torch.cat([other_q, q]), torch.cat([other_k, k]), torch.cat([other_v, v]), slope,
+                                torch.tensor([0, 9, 59]), None, 64)
+    assert torch.equal(both[9:], whole)
+
+
+def test_lightning_falls_back_to_the_reference_under_autograd():
+    q, k, v = (t.clone().requires_grad_() for t in qkv_views(12, 2, 8, seed=4))
+    slope, cu = torch.tensor([0.5, 0.1]), torch.tensor([0, 12])
+    assert cpu_kernels.lightning_scan_cpu(q, k, v, slope, torch.zeros(1, 2, 8, 8), torch.arange(1), cu) is None
+    out, _ = lightning_prefill(q, k, v, slope, cu, None, 4)
+    out.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
