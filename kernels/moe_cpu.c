@@ -16,10 +16,11 @@
  * out[t] = sum over t's kept entries, in expert order, of wts * w2 (silu(w1 x) * w3 x).
  *
  * Why: torch's per-expert GEMM calls cost ~4 us each whatever their size, and a decode step of
- * the demo model makes ~300 of them; this kernel makes one call per MoE layer. Rows are computed
- * in groups of 4 sharing each weight load, and every row's arithmetic is the same whatever the
- * batch (rows never mix, the summation order is fixed), so a token's output does not depend on
- * which other tokens share the step.
+ * the demo model makes ~300 of them; this kernel makes one call per MoE layer. An expert's rows are
+ * computed in groups of up to 4 sharing each weight load (4 rows x 4 vectors of 16 columns of
+ * accumulators), and every row's arithmetic is the same whatever the batch (rows never mix, the
+ * summation order is fixed), so a token's output does not depend on which other tokens share the
+ * step.
  */
 #include <math.h>
 #include <stdint.h>
@@ -60,41 +61,34 @@ static inline __attribute__((always_inline)) float load_one(const void *w, int64
     return f;
 }
 
-/* y[r, :] = xs[r, :] @ w for ROWS rows; xs [ROWS, in] (row stride in), w [in, out] input-major.
- * Inlined into one function per weight type (below), so each is compiled for a constant bf16;
- * both do the same fp32 arithmetic. */
-static inline __attribute__((always_inline)) void rows_matmul(const float *xs, const void *w, int bf16, int64_t in,
-                                                              int64_t out, float *y) {
+/* y[r, :] = xs[r, :] @ w for nr (1..ROWS) rows; xs [nr, in] (row stride in), w [in, out]
+ * input-major. Inlined into one function per weight type and row count (the table below), so each
+ * is compiled for constants; all do the same fp32 arithmetic for a given row. */
+static inline __attribute__((always_inline)) void rows_matmul(const float *xs, const void *w, int bf16, int nr,
+                                                              int64_t in, int64_t out, float *y) {
     int64_t n0 = 0;
-    for (; n0 + WIDE * LANES <= out; n0 += WIDE * LANES) { /* ROWS x WIDE vectors of accumulators */
+    for (; n0 + WIDE * LANES <= out; n0 += WIDE * LANES) { /* nr x WIDE vectors of accumulators */
         vfloat a[ROWS][WIDE] = {{{0}}};
         for (int64_t k = 0; k < in; k++) {
             vfloat wk[WIDE];
             for (int b = 0; b < WIDE; b++) wk[b] = load_lanes(w, k * out + n0 + b * LANES, bf16);
-            for (int r = 0; r < ROWS; r++) {
+            for (int r = 0; r < nr; r++) {
                 const float xr = xs[r * in + k];
                 for (int b = 0; b < WIDE; b++) a[r][b] += xr * wk[b];
             }
         }
-        for (int r = 0; r < ROWS; r++) memcpy(y + r * out + n0, a[r], sizeof a[r]);
+        for (int r = 0; r < nr; r++) memcpy(y + r * out + n0, a[r], sizeof a[r]);
     }
     for (; n0 + LANES <= out; n0 += LANES) {
-        vfloat a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        const float *x0 = xs, *x1 = xs + in, *x2 = xs + 2 * in, *x3 = xs + 3 * in;
+        vfloat a[ROWS] = {{0}};
         for (int64_t k = 0; k < in; k++) {
             const vfloat wk = load_lanes(w, k * out + n0, bf16);
-            a0 += x0[k] * wk;
-            a1 += x1[k] * wk;
-            a2 += x2[k] * wk;
-            a3 += x3[k] * wk;
+            for (int r = 0; r < nr; r++) a[r] += xs[r * in + k] * wk;
         }
-        memcpy(y + n0, &a0, sizeof a0);
-        memcpy(y + out + n0, &a1, sizeof a1);
-        memcpy(y + 2 * out + n0, &a2, sizeof a2);
-        memcpy(y + 3 * out + n0, &a3, sizeof a3);
+        for (int r = 0; r < nr; r++) memcpy(y + r * out + n0, &a[r], sizeof a[r]);
     }
     for (; n0 < out; n0++) { /* the columns past the last full block */
-        for (int r = 0; r < ROWS; r++) {
+        for (int r = 0; r < nr; r++) {
             float a = 0.0f;
             for (int64_t k = 0; k < in; k++) a += xs[r * in + k] * load_one(w, k * out + n0, bf16);
             y[r * out + n0] = a;
@@ -102,13 +96,21 @@ static inline __attribute__((always_inline)) void rows_matmul(const float *xs, c
     }
 }
 
-static void rows_matmul_f32(const float *xs, const void *w, int64_t in, int64_t out, float *y) {
-    rows_matmul(xs, w, 0, in, out, y);
-}
+typedef void (*rows_matmul_fn)(const float *, const void *, int64_t, int64_t, float *);
 
-static void rows_matmul_bf16(const float *xs, const void *w, int64_t in, int64_t out, float *y) {
-    rows_matmul(xs, w, 1, in, out, y);
-}
+#define ROWS_MATMUL(NAME, BF16, NR) \
+    static void NAME(const float *xs, const void *w, int64_t in, int64_t out, float *y) { \
+        rows_matmul(xs, w, BF16, NR, in, out, y); \
+    }
+ROWS_MATMUL(f32_1, 0, 1)
+ROWS_MATMUL(f32_2, 0, 2)
+ROWS_MATMUL(f32_3, 0, 3)
+ROWS_MATMUL(f32_4, 0, 4)
+ROWS_MATMUL(bf16_1, 1, 1)
+ROWS_MATMUL(bf16_2, 1, 2)
+ROWS_MATMUL(bf16_3, 1, 3)
+ROWS_MATMUL(bf16_4, 1, 4)
+static const rows_matmul_fn MATMUL[2][ROWS] = {{f32_1, f32_2, f32_3, f32_4}, {bf16_1, bf16_2, bf16_3, bf16_4}};
 
 /* Returns 0, or -1 when scratch memory could not be allocated. */
 int moe_experts(const float *x, const int64_t *ids, const float *wts, const void *w13, const void *w2, int bf16,
@@ -142,21 +144,18 @@ int moe_experts(const float *x, const int64_t *ids, const float *wts, const void
     }
 
     for (int64_t e = 0; e < E; e++) {
-        void (*const matmul)(const float *, const void *, int64_t, int64_t, float *) = bf16 ? rows_matmul_bf16 : rows_matmul_f32;
         const char *we13 = (const char *)w13 + e * h * 2 * I * wsize, *we2 = (const char *)w2 + e * I * h * wsize;
         for (int64_t s = count[e]; s < count[e + 1]; s += ROWS) {
-            const int64_t nr = count[e + 1] - s < ROWS ? count[e + 1] - s : ROWS;
-            for (int64_t r = 0; r < ROWS; r++) { /* gather the rows; unused ones are zero */
-                if (r < nr) memcpy(xs + r * h, x + (order[s + r] / K) * h, (size_t)h * sizeof(float));
-                else memset(xs + r * h, 0, (size_t)h * sizeof(float));
-            }
+            const int nr = count[e + 1] - s < ROWS ? (int)(count[e + 1] - s) : ROWS;
+            const rows_matmul_fn matmul = MATMUL[bf16 ? 1 : 0][nr - 1];
+            for (int r = 0; r < nr; r++) memcpy(xs + r * h, x + (order[s + r] / K) * h, (size_t)h * sizeof(float));
             matmul(xs, we13, h, 2 * I, gu);
-            for (int64_t r = 0; r < ROWS; r++) {
+            for (int r = 0; r < nr; r++) {
                 const float *g = gu + r * 2 * I, *u = g + I;
                 for (int64_t i = 0; i < I; i++) act[r * I + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
             }
             matmul(act, we2, I, h, ys);
-            for (int64_t r = 0; r < nr; r++) {
+            for (int r = 0; r < nr; r++) {
                 const int64_t entry = order[s + r];
                 const float wt = wts[entry];
                 float *o = out + (entry / K) * h;
