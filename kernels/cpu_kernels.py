@@ -1,11 +1,11 @@
-"""The CPU kernels, in C: the mixture of experts (moe_cpu.c, the meaning of moe_experts_ref) and
-the lightning attention recurrence (lightning_cpu.c, the meaning of lightning_ref), for fp32
-tensors on the CPU. Built into one library on first use with the machine's C compiler, cached,
+"""The CPU kernels, in C: the mixture of experts (moe_cpu.c, the meaning of moe_experts_ref), the
+lightning attention recurrence (lightning_cpu.c, the meaning of lightning_ref) and RMSNorm
+(norm_cpu.c, rms_norm_ref), for fp32 tensors on the CPU. Built into one library on first use with the machine's C compiler, cached,
 and called through ctypes (which releases the GIL).
 
 Why: a small model's step is mostly the fixed cost of torch calls (~4 us each, whatever their
-size): two GEMMs per busy expert, ~15 ops per lightning chunk. These kernels make one call per
-layer. Each returns None when it does not apply (no C compiler, another dtype or layout,
+size): two GEMMs per busy expert, ~15 ops per lightning chunk, ~6 per norm. These kernels make
+one call each. Each returns None when it does not apply (no C compiler, another dtype or layout,
 autograd), and the caller (kernels/ops.py) then runs the torch reference.
 
     MINIMAX_M1_CPU_KERNELS=0        never build or use it (the torch reference runs)
@@ -30,7 +30,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("moe_cpu.c", "lightning_cpu.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("moe_cpu.c", "lightning_cpu.c", "norm_cpu.c"))
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
 
 
@@ -82,6 +82,8 @@ def library() -> ctypes.CDLL | None:
     lib.lightning_scan.restype = None
     lib.lightning_scan.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4 + \
         [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    lib.rms_norm.restype = None
+    lib.rms_norm.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
     return lib
 
 
@@ -147,3 +149,18 @@ def lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens) -> torch.Tens
     lib.lightning_scan(q.data_ptr(), k.data_ptr(), v.data_ptr(), strides[0], strides[1], slope.data_ptr(),
                        pool.data_ptr(), slots.data_ptr(), cu.data_ptr(), slots.numel(), h, d, out.data_ptr())
     return out
+
+
+def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """rms_norm_ref (without a custom variance) computed by the C kernel, or None when it does not
+    apply. x [..., C] with contiguous channels."""
+    if not _applies(x, weight) or x.stride(-1) != 1 or not weight.is_contiguous():
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    c = x.shape[-1]
+    rows = x.reshape(-1, c)  # a view for the layouts the model passes
+    out = torch.empty(rows.shape, dtype=torch.float32)
+    lib.rms_norm(rows.data_ptr(), rows.shape[0], c, rows.stride(0), weight.data_ptr(), eps, out.data_ptr())
+    return out.view(x.shape)

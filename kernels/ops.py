@@ -13,8 +13,9 @@ from types import ModuleType
 import torch
 
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
-from minimax_m1.kernels.cpu_kernels import lightning_scan_cpu, moe_experts_cpu
+from minimax_m1.kernels.cpu_kernels import lightning_scan_cpu, moe_experts_cpu, rms_norm_cpu
 from minimax_m1.kernels.moe_ref import moe_experts_ref
+from minimax_m1.kernels.norm_ref import rms_norm_ref
 
 
 @functools.cache
@@ -68,4 +69,13 @@ def moe_experts(x, topk_ids, topk_weights, w13, w2, expert_offset: int = 0):
     return out if out is not None else moe_experts_ref(x, topk_ids, topk_weights, w13, w2, expert_offset)
 
 
-__all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts"]
+def rms_norm(x, weight, eps: float, variance=None):
+    """See rms_norm_ref. On the CPU the C kernel runs where it applies (no custom variance)."""
+    if variance is None and x.device.type == "cpu":
+        out = rms_norm_cpu(x, weight, eps)
+        if out is not None:
+            return out
+    return rms_norm_ref(x, weight, eps, variance)
+
+
+__all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts", "rms_norm"]

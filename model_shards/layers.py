@@ -16,27 +16,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimax_m1.kernels import lightning_decode, lightning_prefill, moe_experts
+from minimax_m1.kernels import lightning_decode, lightning_prefill, moe_experts, rms_norm
 from minimax_m1.model_shards.batch import ForwardBatch
 from minimax_m1.model_shards.cache import StateCache
 from minimax_m1.model_shards.config import LIGHTNING, MiniMaxM1Config, layer_decay_factor, lightning_slopes
 
 
 class RMSNorm(nn.Module):
+    # Where the channels are split across ranks, a subclass sets this to a method returning the
+    # all-reduced mean of squares (fp32 x [N, C] -> [N, 1]); see kernels.rms_norm.
+    variance = None
+
     def __init__(self, size: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def variance(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of squares over the last dim, in fp32. [N, 1]"""
-        return x.pow(2).mean(-1, keepdim=True)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(self.variance(x) + self.eps)
-        return self.weight * x.to(dtype)
+        return rms_norm(x, self.weight, self.eps, self.variance)
 
 
 class LightningAttention(nn.Module):

@@ -1,6 +1,6 @@
-"""The C kernels (kernels/moe_cpu.c, kernels/lightning_cpu.c, built by kernels/cpu_kernels.py
+"""The C kernels (kernels/moe_cpu.c, lightning_cpu.c, norm_cpu.c, built by kernels/cpu_kernels.py
 with the machine's C compiler) against the torch reference ops: the MoE with fp32 and bf16 weight
-storage, the lightning recurrence as prefill and decode; batch invariance; where they do not apply;
+storage, the lightning recurrence as prefill and decode, RMSNorm; batch invariance; where they do not apply;
 and the experts' bf16 copy of bf16-valued fp32 weights."""
 import logging
 import shutil
@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
-from minimax_m1.kernels import cpu_kernels, lightning_decode, lightning_prefill, moe_experts
+from minimax_m1.kernels import cpu_kernels, lightning_decode, lightning_prefill, moe_experts, rms_norm
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.moe_ref import moe_experts_ref
+from minimax_m1.kernels.norm_ref import rms_norm_ref
 from minimax_m1.model_shards.layers import LocalExperts
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the CPU kernels")
@@ -199,3 +200,25 @@ def test_lightning_falls_back_to_the_reference_under_autograd():
     out, _ = lightning_prefill(q, k, v, slope, cu, None, 4)
     out.sum().backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(7, 128), (1, 20), (0, 16), (3, 5, 48)])
+def test_rms_norm_equals_the_reference(shape):
+    g = torch.Generator().manual_seed(shape[0])
+    x, weight = torch.randn(*shape, generator=g) * 3, torch.rand(shape[-1], generator=g) + 0.5
+    got = cpu_kernels.rms_norm_cpu(x, weight, 1e-5)
+    assert got is not None and got.shape == x.shape
+    torch.testing.assert_close(got, rms_norm_ref(x, weight, 1e-5), rtol=1e-5, atol=1e-6)
+    wide = torch.randn(4, 2 * shape[-1], generator=g)[:, : shape[-1]]  # rows with a stride: read in place
+    torch.testing.assert_close(cpu_kernels.rms_norm_cpu(wide, weight, 1e-5), rms_norm_ref(wide, weight, 1e-5),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_with_a_custom_variance_or_autograd_takes_the_reference():
+    x, weight = torch.randn(4, 8), torch.rand(8)
+    halved = rms_norm(x, weight, 1e-5, variance=lambda v: v.pow(2).mean(-1, keepdim=True) / 2)  # e.g. all-reduced
+    torch.testing.assert_close(halved, rms_norm_ref(x, weight, 1e-5) / 2 ** -0.5, rtol=1e-4, atol=1e-5)
+    w = weight.clone().requires_grad_()
+    assert cpu_kernels.rms_norm_cpu(x, w, 1e-5) is None
+    rms_norm(x, w, 1e-5).sum().backward()
+    assert w.grad is not None
