@@ -1,6 +1,7 @@
 """The CPU kernels, in C: the mixture of experts (moe_cpu.c, the meaning of moe_experts_ref), the
-lightning attention recurrence (lightning_cpu.c, the meaning of lightning_ref) and RMSNorm
-(norm_cpu.c, rms_norm_ref), for fp32 tensors on the CPU. Built into one library on first use with the machine's C compiler, cached,
+lightning attention recurrence (lightning_cpu.c, lightning_ref), RMSNorm (norm_cpu.c,
+rms_norm_ref) and paged decode attention (attention_cpu.c, attention_ref), for fp32 tensors on the
+CPU. Built into one library on first use with the machine's C compiler, cached,
 and called through ctypes (which releases the GIL).
 
 Why: a small model's step is mostly the fixed cost of torch calls (~4 us each, whatever their
@@ -30,7 +31,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("moe_cpu.c", "lightning_cpu.c", "norm_cpu.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("moe_cpu.c", "lightning_cpu.c", "norm_cpu.c", "attention_cpu.c"))
+HEADERS = (Path(__file__).with_name("cpu_simd.h"),)
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
 
 
@@ -65,7 +67,7 @@ def library() -> ctypes.CDLL | None:
     if not enabled():
         return None
     cc = os.environ.get("CC", "cc")
-    sources = [path.read_bytes() for path in SOURCES]
+    sources = [path.read_bytes() for path in SOURCES + HEADERS]
     key = hashlib.sha256(b"\0".join([*sources, " ".join(FLAGS).encode(), cc.encode(), _cpu_flags().encode()]))
     cache = Path(os.environ.get("MINIMAX_M1_KERNEL_CACHE") or Path.home() / ".cache" / "minimax_m1" / "kernels")
     target = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
@@ -82,6 +84,9 @@ def library() -> ctypes.CDLL | None:
     lib.lightning_scan.restype = None
     lib.lightning_scan.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4 + \
         [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    lib.paged_decode_attention.restype = ctypes.c_int
+    lib.paged_decode_attention.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_void_p] + \
+        [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_void_p]
     lib.rms_norm.restype = None
     lib.rms_norm.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
     return lib
@@ -164,3 +169,24 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     out = torch.empty(rows.shape, dtype=torch.float32)
     lib.rms_norm(rows.data_ptr(), rows.shape[0], c, rows.stride(0), weight.data_ptr(), eps, out.data_ptr())
     return out.view(x.shape)
+
+
+def paged_decode_attention_cpu(q, k_pool, v_pool, tables, lengths) -> torch.Tensor | None:
+    """paged_decode_attention_ref computed by the C kernel (the keys read in place through the
+    block tables), or None when it does not apply."""
+    if not _applies(q, k_pool, v_pool) or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    b, h, d = q.shape
+    _, bs, hkv, _ = k_pool.shape
+    q = q.contiguous()
+    tables = tables.to(torch.int64).contiguous()
+    lengths = lengths.to(torch.int64).contiguous()
+    out = torch.empty(b, h, d, dtype=torch.float32)
+    rc = lib.paged_decode_attention(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(),
+                                    tables.shape[1], lengths.data_ptr(), b, h, hkv, d, bs, d ** -0.5, out.data_ptr())
+    if rc != 0:
+        raise MemoryError("CPU decode attention kernel: out of memory for its score buffer")
+    return out

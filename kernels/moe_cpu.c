@@ -27,11 +27,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LANES 16 /* output columns per register block */
+#include "cpu_simd.h" /* LANES: output columns per register block */
+
 #define ROWS 4   /* rows sharing each weight load */
 #define WIDE 4   /* vectors of columns sharing each row value */
 
-typedef float vfloat __attribute__((vector_size(LANES * sizeof(float))));
 typedef uint32_t vuint32 __attribute__((vector_size(LANES * sizeof(uint32_t))));
 typedef uint16_t vuint16 __attribute__((vector_size(LANES * sizeof(uint16_t))));
 

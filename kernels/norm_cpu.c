@@ -10,12 +10,13 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cpu_simd.h"
+
 void rms_norm(const float *x, int64_t N, int64_t C, int64_t row_stride, const float *weight, float eps, float *out) {
     for (int64_t n = 0; n < N; n++) {
         const float *xn = x + n * row_stride;
         float *on = out + n * C;
-        float squares = 0.0f;
-        for (int64_t c = 0; c < C; c++) squares += xn[c] * xn[c];
+        const float squares = dot(xn, xn, C);
         const float scale = 1.0f / sqrtf(squares / (float)C + eps);
         for (int64_t c = 0; c < C; c++) on[c] = weight[c] * (xn[c] * scale);
     }

@@ -13,7 +13,8 @@ from types import ModuleType
 import torch
 
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
-from minimax_m1.kernels.cpu_kernels import lightning_scan_cpu, moe_experts_cpu, rms_norm_cpu
+from minimax_m1.kernels.attention_ref import paged_decode_attention_ref
+from minimax_m1.kernels.cpu_kernels import lightning_scan_cpu, moe_experts_cpu, paged_decode_attention_cpu, rms_norm_cpu
 from minimax_m1.kernels.moe_ref import moe_experts_ref
 from minimax_m1.kernels.norm_ref import rms_norm_ref
 
@@ -78,4 +79,13 @@ def rms_norm(x, weight, eps: float, variance=None):
     return rms_norm_ref(x, weight, eps, variance)
 
 
-__all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts", "rms_norm"]
+def paged_decode_attention(q, k_pool, v_pool, tables, lengths):
+    """See paged_decode_attention_ref. Returns [B, H, D]. On the CPU the C kernel runs where it applies."""
+    if q.device.type == "cpu":
+        out = paged_decode_attention_cpu(q, k_pool, v_pool, tables, lengths)
+        if out is not None:
+            return out.to(q.dtype)
+    return paged_decode_attention_ref(q, k_pool, v_pool, tables, lengths)
+
+
+__all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts", "paged_decode_attention", "rms_norm"]

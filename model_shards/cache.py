@@ -30,18 +30,13 @@ class StateCache:
         raise NotImplementedError
 
     def decode_kv(self, layer_idx: int, slots: list[int], positions: list[int], k: torch.Tensor, v: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode step of B sequences: store one token each (k, v [B, Hkv, D]) at `positions` and
-        return every sequence's keys and values padded to the longest, [B, L, Hkv, D] each, with
-        the lengths [B]. Caches may override this with a vectorised version."""
-        pairs = [self.append_kv(layer_idx, s, p, k[i:i + 1], v[i:i + 1]) for i, (s, p) in enumerate(zip(slots, positions))]
-        lengths = torch.tensor([p + 1 for p in positions], device=k.device)
-        width = int(lengths.max())
-        keys = k.new_zeros(len(slots), width, *k.shape[1:])
-        values = torch.zeros_like(keys)
-        for i, (kk, vv) in enumerate(pairs):
-            keys[i, : kk.shape[0]], values[i, : vv.shape[0]] = kk, vv
-        return keys, values, lengths
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode step of B sequences: store one token each (k, v [B, Hkv, D]) at `positions`, and
+        return where every sequence's keys and values are, as a paged attention reads them
+        (kernels.paged_decode_attention): block pools [NB, BS, Hkv, D] each, block tables [B, nb]
+        int64 (sequence b's token t is in block tables[b, t // BS] at offset t % BS) and lengths
+        [B] int64 (positions + 1)."""
+        raise NotImplementedError
 
 
 class ContiguousCache(StateCache):
@@ -68,3 +63,14 @@ class ContiguousCache(StateCache):
         kc[start:end] = k
         vc[start:end] = v
         return kc[:end], vc[:end]
+
+    def decode_kv(self, layer_idx, slots, positions, k, v):
+        # each slot's buffer is one block of `capacity` tokens
+        if max(positions) >= self.capacity:
+            raise ValueError(f"sequence length {max(positions) + 1} exceeds the cache capacity {self.capacity}")
+        slot_ids = torch.tensor(slots, dtype=torch.long, device=k.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=k.device)
+        kc, vc = self._k[layer_idx], self._v[layer_idx]
+        kc[slot_ids, pos] = k
+        vc[slot_ids, pos] = v
+        return kc, vc, slot_ids.view(-1, 1), pos + 1

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimax_m1.kernels import lightning_decode, lightning_prefill, moe_experts, rms_norm
+from minimax_m1.kernels import lightning_decode, lightning_prefill, moe_experts, paged_decode_attention, rms_norm
 from minimax_m1.model_shards.batch import ForwardBatch
 from minimax_m1.model_shards.cache import StateCache
 from minimax_m1.model_shards.config import LIGHTNING, MiniMaxM1Config, layer_decay_factor, lightning_slopes
@@ -133,12 +133,9 @@ class SoftmaxAttention(nn.Module):
         return self.o_proj(out.view(n, self.num_heads * d))
 
     def _decode_batch(self, q, k, v, slots: list[int], positions: list[int], cache: StateCache) -> torch.Tensor:
-        """One new token per sequence: attend over each sequence's padded keys at once. -> [B, H, D]"""
-        keys, values, lengths = cache.decode_kv(self.layer_idx, slots, positions, k, v)  # [B, L, Hkv, D]
-        mask = torch.arange(keys.shape[1], device=q.device)[None, :] < lengths[:, None]  # [B, L]
-        o = F.scaled_dot_product_attention(q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
-                                           attn_mask=mask[:, None, None, :], enable_gqa=self.num_heads != self.num_kv_heads)
-        return o.squeeze(2)  # [B, H, D]
+        """One new token per sequence, all attending at once through the cache's blocks. -> [B, H, D]"""
+        k_pool, v_pool, tables, lengths = cache.decode_kv(self.layer_idx, slots, positions, k, v)
+        return paged_decode_attention(q, k_pool, v_pool, tables, lengths)
 
 
 def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from minimax_m1.kernels.attention_ref import gather_blocks
 from minimax_m1.model_shards.cache import StateCache
 
 
@@ -44,8 +45,8 @@ class PagedCache(StateCache):
         kc[blocks, offsets] = k
         vc[blocks, offsets] = v
         used = idx[: (end + bs - 1) // bs]
-        keys = _gather_blocks(kc, used).view(-1, *kc.shape[2:])[:end]  # [end, Hkv, D]
-        values = _gather_blocks(vc, used).view(-1, *vc.shape[2:])[:end]
+        keys = gather_blocks(kc, used).view(-1, *kc.shape[2:])[:end]  # [end, Hkv, D]
+        values = gather_blocks(vc, used).view(-1, *vc.shape[2:])[:end]
         return keys, values
 
     def decode_kv(self, layer_idx, slots, positions, k, v):
@@ -60,14 +61,5 @@ class PagedCache(StateCache):
         kc[dest, offs] = k
         vc[dest, offs] = v
         nb = max((n + bs - 1) // bs for n in lengths)
-        index = torch.tensor([b for t in tables for b in t[:nb] + [0] * (nb - len(t[:nb]))], device=k.device)  # [B*nb]
-        # [B, nb*BS, Hkv, D]; rows past a length are masked by the caller. (Whole blocks as rows of
-        # a 2-D view: on CPU several times faster than advanced indexing or a 4-D index_select.)
-        keys = _gather_blocks(kc, index).view(len(slots), nb * bs, *kc.shape[2:])
-        values = _gather_blocks(vc, index).view(len(slots), nb * bs, *vc.shape[2:])
-        return keys, values, torch.tensor(lengths, device=k.device)
-
-
-def _gather_blocks(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """Copies of the given blocks of a [NB, BS, Hkv, D] pool. [len(blocks), BS, Hkv, D]"""
-    return pool.view(pool.shape[0], -1).index_select(0, blocks).view(-1, *pool.shape[1:])
+        rows = [t[:nb] + [0] * (nb - len(t[:nb])) for t in tables]  # padding blocks are never read
+        return kc, vc, torch.tensor(rows, dtype=torch.long, device=k.device), torch.tensor(lengths, device=k.device)

@@ -1,6 +1,7 @@
-"""The C kernels (kernels/moe_cpu.c, lightning_cpu.c, norm_cpu.c, built by kernels/cpu_kernels.py
-with the machine's C compiler) against the torch reference ops: the MoE with fp32 and bf16 weight
-storage, the lightning recurrence as prefill and decode, RMSNorm; batch invariance; where they do not apply;
+"""The C kernels (kernels/moe_cpu.c, lightning_cpu.c, norm_cpu.c, attention_cpu.c, built by
+kernels/cpu_kernels.py with the machine's C compiler) against the torch reference ops: the MoE with
+fp32 and bf16 weight storage, the lightning recurrence as prefill and decode, RMSNorm, paged decode
+attention; batch invariance; where they do not apply;
 and the experts' bf16 copy of bf16-valued fp32 weights."""
 import logging
 import shutil
@@ -8,7 +9,9 @@ import shutil
 import pytest
 import torch
 
-from minimax_m1.kernels import cpu_kernels, lightning_decode, lightning_prefill, moe_experts, rms_norm
+from minimax_m1.kernels import (cpu_kernels, lightning_decode, lightning_prefill, moe_experts, paged_decode_attention,
+                                rms_norm)
+from minimax_m1.kernels.attention_ref import paged_decode_attention_ref
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.moe_ref import moe_experts_ref
 from minimax_m1.kernels.norm_ref import rms_norm_ref
@@ -222,3 +225,20 @@ def test_rms_norm_with_a_custom_variance_or_autograd_takes_the_reference():
     assert cpu_kernels.rms_norm_cpu(x, w, 1e-5) is None
     rms_norm(x, w, 1e-5).sum().backward()
     assert w.grad is not None
+
+
+@pytest.mark.parametrize("heads,kv_heads,block", [(4, 2, 16), (4, 4, 8), (8, 1, 5)])
+def test_paged_decode_attention_equals_the_reference(heads, kv_heads, block):
+    g = torch.Generator().manual_seed(heads + block)
+    lengths = torch.tensor([1, 37, 16, 80])
+    nb = -(-int(lengths.max()) // block)
+    pool_blocks = 4 * nb + 3
+    k_pool, v_pool = (torch.randn(pool_blocks, block, kv_heads, 32, generator=g) for _ in range(2))
+    tables = torch.randperm(pool_blocks, generator=g)[: 4 * nb].view(4, nb)  # scattered blocks
+    q = torch.randn(4, heads, 32, generator=g)
+    got = cpu_kernels.paged_decode_attention_cpu(q, k_pool, v_pool, tables, lengths)
+    assert got is not None
+    torch.testing.assert_close(got, paged_decode_attention_ref(q, k_pool, v_pool, tables, lengths), rtol=1e-5, atol=1e-5)
+    alone = cpu_kernels.paged_decode_attention_cpu(q[1:2], k_pool, v_pool, tables[1:2], lengths[1:2])
+    assert torch.equal(alone[0], got[1])  # batch-invariant
+    torch.testing.assert_close(paged_decode_attention(q, k_pool, v_pool, tables, lengths), got)
