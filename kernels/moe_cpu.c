@@ -143,8 +143,18 @@ int moe_experts(const float *x, const int64_t *ids, const float *wts, const void
         if (e >= 0 && e < E) order[fill[e]++] = i;
     }
 
+    const int64_t w13_bytes = h * 2 * I * wsize, w2_bytes = I * h * wsize;
     for (int64_t e = 0; e < E; e++) {
-        const char *we13 = (const char *)w13 + e * h * 2 * I * wsize, *we2 = (const char *)w2 + e * I * h * wsize;
+        const char *we13 = (const char *)w13 + e * w13_bytes, *we2 = (const char *)w2 + e * w2_bytes;
+        if (count[e] < count[e + 1]) { /* ask for the next busy expert's weights while this one computes */
+            int64_t next = e + 1;
+            while (next < E && count[next] == count[next + 1]) next++;
+            if (next < E) {
+                const char *p13 = (const char *)w13 + next * w13_bytes, *p2 = (const char *)w2 + next * w2_bytes;
+                for (int64_t b = 0; b < w13_bytes; b += 64) __builtin_prefetch(p13 + b, 0, 2);
+                for (int64_t b = 0; b < w2_bytes; b += 64) __builtin_prefetch(p2 + b, 0, 2);
+            }
+        }
         for (int64_t s = count[e]; s < count[e + 1]; s += ROWS) {
             const int nr = count[e + 1] - s < ROWS ? (int)(count[e + 1] - s) : ROWS;
             const rows_matmul_fn matmul = MATMUL[bf16 ? 1 : 0][nr - 1];
