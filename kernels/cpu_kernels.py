@@ -87,6 +87,8 @@ def library() -> ctypes.CDLL | None:
     lib.paged_decode_attention.restype = ctypes.c_int
     lib.paged_decode_attention.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_void_p] + \
         [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_void_p]
+    lib.route_topk.restype = None
+    lib.route_topk.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
     lib.rms_norm.restype = None
     lib.rms_norm.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
     return lib
@@ -129,6 +131,21 @@ def moe_experts_cpu(x, topk_ids, topk_weights, w13, w2, expert_offset: int = 0) 
     if rc != 0:
         raise MemoryError("CPU MoE kernel: out of memory for its scratch buffers")
     return out
+
+
+def route_topk_cpu(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """route_topk_ref computed by the C kernel, or None when it does not apply."""
+    if not _applies(logits):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    logits = logits.contiguous()
+    n, e = logits.shape
+    ids = torch.empty(n, top_k, dtype=torch.int64)
+    weights = torch.empty(n, top_k, dtype=torch.float32)
+    lib.route_topk(logits.data_ptr(), n, e, top_k, ids.data_ptr(), weights.data_ptr())
+    return ids, weights
 
 
 def lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens) -> torch.Tensor | None:

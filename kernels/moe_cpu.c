@@ -183,3 +183,31 @@ done:
     free(fill);
     return rc;
 }
+
+/* The router without a threshold (route_topk_ref): per row of logits [N, E], softmax in fp32, the
+ * K largest probabilities (the lower expert id first among equals), renormalised to sum to 1.
+ * ids [N, K] int64, weights [N, K] fp32. */
+void route_topk(const float *logits, int64_t N, int64_t E, int64_t K, int64_t *ids, float *weights) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *l = logits + n * E;
+        float top = -INFINITY;
+        for (int64_t e = 0; e < E; e++) top = l[e] > top ? l[e] : top;
+        float total = 0.0f;
+        for (int64_t e = 0; e < E; e++) total += expf(l[e] - top);
+        int64_t *row_ids = ids + n * K;
+        float *row_w = weights + n * K;
+        float kept = 0.0f;
+        for (int64_t j = 0; j < K; j++) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < E; e++) {
+                int taken = 0;
+                for (int64_t i = 0; i < j; i++) taken |= row_ids[i] == e;
+                if (!taken && (best < 0 || l[e] > l[best])) best = e;
+            }
+            row_ids[j] = best;
+            row_w[j] = best < 0 ? 0.0f : expf(l[best] - top) / total;
+            kept += row_w[j];
+        }
+        for (int64_t j = 0; j < K; j++) row_w[j] /= kept;
+    }
+}

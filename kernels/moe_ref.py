@@ -52,3 +52,12 @@ def moe_experts_ref(
     weights = topk_weights.to(torch.float32).flatten()[entries]  # [n]
     out.index_add_(0, tokens, ys.to(torch.float32) * weights[:, None])
     return out.to(x.dtype)
+
+
+def route_topk_ref(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The router without a threshold: softmax over the gate logits [N, E] in fp32 -> top-k ->
+    renormalise. Returns (ids [N, K] int64, weights [N, K] fp32). (The model's `route` adds the
+    per-token threshold.)"""
+    probs = torch.softmax(logits.to(torch.float32), dim=-1)  # [N, E]
+    top_p, top_i = torch.topk(probs, top_k, dim=-1)  # [N, K]
+    return top_i, top_p / top_p.sum(dim=-1, keepdim=True)

@@ -14,8 +14,9 @@ import torch
 
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.attention_ref import paged_decode_attention_ref
-from minimax_m1.kernels.cpu_kernels import lightning_scan_cpu, moe_experts_cpu, paged_decode_attention_cpu, rms_norm_cpu
-from minimax_m1.kernels.moe_ref import moe_experts_ref
+from minimax_m1.kernels.cpu_kernels import (lightning_scan_cpu, moe_experts_cpu, paged_decode_attention_cpu, rms_norm_cpu,
+                                            route_topk_cpu)
+from minimax_m1.kernels.moe_ref import moe_experts_ref, route_topk_ref
 from minimax_m1.kernels.norm_ref import rms_norm_ref
 
 
@@ -70,6 +71,16 @@ def moe_experts(x, topk_ids, topk_weights, w13, w2, expert_offset: int = 0):
     return out if out is not None else moe_experts_ref(x, topk_ids, topk_weights, w13, w2, expert_offset)
 
 
+def route_topk(logits, top_k: int):
+    """See route_topk_ref. Returns (ids [N, K], weights [N, K] fp32). On the CPU the C kernel runs
+    where it applies."""
+    if logits.device.type == "cpu":
+        out = route_topk_cpu(logits, top_k)
+        if out is not None:
+            return out
+    return route_topk_ref(logits, top_k)
+
+
 def rms_norm(x, weight, eps: float, variance=None):
     """See rms_norm_ref. On the CPU the C kernel runs where it applies (no custom variance)."""
     if variance is None and x.device.type == "cpu":
@@ -88,4 +99,5 @@ def paged_decode_attention(q, k_pool, v_pool, tables, lengths):
     return paged_decode_attention_ref(q, k_pool, v_pool, tables, lengths)
 
 
-__all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts", "paged_decode_attention", "rms_norm"]
+__all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts", "paged_decode_attention", "rms_norm",
+           "route_topk"]

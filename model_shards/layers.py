@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimax_m1.kernels import lightning_decode, lightning_prefill, moe_experts, paged_decode_attention, rms_norm
+from minimax_m1.kernels import (lightning_decode, lightning_prefill, moe_experts, paged_decode_attention, rms_norm,
+                               route_topk)
 from minimax_m1.model_shards.batch import ForwardBatch
 from minimax_m1.model_shards.cache import StateCache
 from minimax_m1.model_shards.config import LIGHTNING, MiniMaxM1Config, layer_decay_factor, lightning_slopes
@@ -225,14 +226,15 @@ def route(logits: torch.Tensor, top_k: int, threshold: torch.Tensor | None) -> t
     With a per-token `threshold` [N] (NaN = unset), experts are taken in descending probability
     until the mass already taken reaches the threshold (at least one, at most top-k); dropped
     slots get id -1 and weight 0. Returns (ids [N, K], weights [N, K] fp32)."""
+    if threshold is None:
+        return route_topk(logits, top_k)  # the same without the threshold (a CPU kernel)
     probs = torch.softmax(logits.to(torch.float32), dim=-1)  # [N, E]
     top_p, top_i = torch.topk(probs, top_k, dim=-1)  # [N, K]
-    if threshold is not None:
-        taken_before = torch.cumsum(top_p, dim=-1) - top_p  # [N, K] mass of the experts ranked above
-        keep = (taken_before < threshold[:, None]) | torch.isnan(threshold)[:, None]
-        keep[:, 0] = True
-        top_p = top_p * keep
-        top_i = torch.where(keep, top_i, torch.full_like(top_i, -1))
+    taken_before = torch.cumsum(top_p, dim=-1) - top_p  # [N, K] mass of the experts ranked above
+    keep = (taken_before < threshold[:, None]) | torch.isnan(threshold)[:, None]
+    keep[:, 0] = True
+    top_p = top_p * keep
+    top_i = torch.where(keep, top_i, torch.full_like(top_i, -1))
     return top_i, top_p / top_p.sum(dim=-1, keepdim=True)
 
 

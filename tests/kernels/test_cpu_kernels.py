@@ -1,7 +1,7 @@
 """The C kernels (kernels/moe_cpu.c, lightning_cpu.c, norm_cpu.c, attention_cpu.c, built by
 kernels/cpu_kernels.py with the machine's C compiler) against the torch reference ops: the MoE with
-fp32 and bf16 weight storage, the lightning recurrence as prefill and decode, RMSNorm, paged decode
-attention; batch invariance; where they do not apply;
+fp32 and bf16 weight storage and its router, the lightning recurrence as prefill and decode,
+RMSNorm, paged decode attention; batch invariance; where they do not apply;
 and the experts' bf16 copy of bf16-valued fp32 weights."""
 import logging
 import shutil
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from minimax_m1.kernels import (cpu_kernels, lightning_decode, lightning_prefill, moe_experts, paged_decode_attention,
-                                rms_norm)
+                                rms_norm, route_topk)
 from minimax_m1.kernels.attention_ref import paged_decode_attention_ref
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
-from minimax_m1.kernels.moe_ref import moe_experts_ref
+from minimax_m1.kernels.moe_ref import moe_experts_ref, route_topk_ref
 from minimax_m1.kernels.norm_ref import rms_norm_ref
 from minimax_m1.model_shards.layers import LocalExperts
 
@@ -242,3 +242,14 @@ def test_paged_decode_attention_equals_the_reference(heads, kv_heads, block):
     alone = cpu_kernels.paged_decode_attention_cpu(q[1:2], k_pool, v_pool, tables[1:2], lengths[1:2])
     assert torch.equal(alone[0], got[1])  # batch-invariant
     torch.testing.assert_close(paged_decode_attention(q, k_pool, v_pool, tables, lengths), got)
+
+
+@pytest.mark.parametrize("tokens,experts,top_k", [(1, 32, 2), (300, 32, 2), (7, 8, 3), (0, 4, 1)])
+def test_route_topk_equals_the_reference(tokens, experts, top_k):
+    logits = torch.randn(tokens, experts, generator=torch.Generator().manual_seed(tokens)) * 3
+    got = cpu_kernels.route_topk_cpu(logits, top_k)
+    assert got is not None
+    want = route_topk_ref(logits, top_k)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(route_topk(logits, top_k)[0], want[0])
