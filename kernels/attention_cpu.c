@@ -20,41 +20,46 @@
 
 #include "cpu_simd.h"
 
-/* Returns 0, or -1 when the score buffer could not be allocated. */
+/* Returns 0, or -1 when the scratch buffer could not be allocated. One pass over each sequence's
+ * tokens, reading a token's keys and values once for all heads, with an online softmax per head
+ * (running maximum, the sum and the weighted values rescaled when it grows). */
 int paged_decode_attention(const float *q, const float *kc, const float *vc, const int64_t *tables, int64_t nb,
                            const int64_t *lengths, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t BS,
                            float scale, float *out) {
-    int64_t longest = 1;
-    for (int64_t b = 0; b < B; b++) longest = lengths[b] > longest ? lengths[b] : longest;
-    float *scores = malloc((size_t)longest * sizeof(float));
-    if (!scores) return -1;
+    float *run_max = malloc((size_t)H * 2 * sizeof(float));
+    if (!run_max) return -1;
+    float *run_sum = run_max + H;
     const int64_t group = H / Hkv, token_stride = Hkv * D;
     for (int64_t b = 0; b < B; b++) {
         const int64_t L = lengths[b];
         const int64_t *table = tables + b * nb;
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t g = h / group;
-            const float *qh = q + (b * H + h) * D;
-            float *oh = out + (b * H + h) * D;
-            float best = -INFINITY;
-            for (int64_t t = 0; t < L; t++) {
-                const float *kt = kc + (table[t / BS] * BS + t % BS) * token_stride + g * D;
-                const float s = dot(qh, kt, D) * scale;
-                scores[t] = s;
-                best = s > best ? s : best;
-            }
-            float total = 0.0f;
-            memset(oh, 0, (size_t)D * sizeof(float));
-            for (int64_t t = 0; t < L; t++) {
-                const float p = expf(scores[t] - best);
-                const float *vt = vc + (table[t / BS] * BS + t % BS) * token_stride + g * D;
-                total += p;
+        const float *qb = q + b * H * D;
+        float *ob = out + b * H * D;
+        memset(ob, 0, (size_t)H * D * sizeof(float));
+        for (int64_t h = 0; h < H; h++) run_max[h] = -INFINITY, run_sum[h] = 0.0f;
+        for (int64_t t = 0; t < L; t++) {
+            const int64_t row = (table[t / BS] * BS + t % BS) * token_stride;
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t g = h / group;
+                const float *kt = kc + row + g * D, *vt = vc + row + g * D;
+                float *oh = ob + h * D;
+                const float s = dot(qb + h * D, kt, D) * scale;
+                if (s > run_max[h]) { /* rescale what was summed against the old maximum */
+                    const float shrink = expf(run_max[h] - s);
+                    run_sum[h] *= shrink;
+                    for (int64_t d = 0; d < D; d++) oh[d] *= shrink;
+                    run_max[h] = s;
+                }
+                const float p = expf(s - run_max[h]);
+                run_sum[h] += p;
                 for (int64_t d = 0; d < D; d++) oh[d] += p * vt[d];
             }
-            const float inv = L > 0 ? 1.0f / total : 0.0f;
-            for (int64_t d = 0; d < D; d++) oh[d] *= inv;
+        }
+        for (int64_t h = 0; h < H; h++) {
+            const float inv = L > 0 ? 1.0f / run_sum[h] : 0.0f;
+            for (int64_t d = 0; d < D; d++) ob[h * D + d] *= inv;
         }
     }
-    free(scores);
+    free(run_max);
     return 0;
 }
