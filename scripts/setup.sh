@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One set-up script for the README's commands and CI. Idempotent and quick when nothing changed.
 #  - system packages from Debian: redis-server, postgresql, prometheus (tests start their own
-#    instances on free 127.0.0.1 ports; nothing is started here)
+#    instances on free 127.0.0.1 ports; nothing is started here), gcc (the CPU kernels are built
+#    with it on first use; without it the torch reference ops run)
 #  - .venv at the repo root with `pip install -e .[dev]` (re-run only when pyproject.toml changes)
 #  - with --cluster-tools: the Go-built control-plane tools, cached under ~/.cache/minimax-m1
 set -euo pipefail
@@ -16,6 +17,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v prometheus >/dev/null || missing+=(prometheus)
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing Debian packages: ${missing[*]}"
