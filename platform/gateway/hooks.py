@@ -98,17 +98,16 @@ class OtelMetricsHook:
     def __init__(self, config: HookConfig, meter_provider: Any = None):
         from opentelemetry import metrics
 
+        from minimax_m1.telemetry import names
+
         self.name = config.name
         provider = meter_provider or metrics.get_meter_provider()
         meter = provider.get_meter("minimax_m1.gateway.billing")
-        self._tokens = meter.create_histogram("gen_ai.client.token.usage", unit="{token}",
-                                              description="Tokens billed per request")
-        self._requests = meter.create_counter("minimax_m1.billing.requests", unit="{request}",
-                                              description="Billed requests")
-        self._experts = meter.create_counter("minimax_m1.billing.expert_activations", unit="{activation}",
-                                             description="Billed (token, expert) activations")
-        self._compute = meter.create_counter("minimax_m1.billing.compute_time", unit="s",
-                                             description="Billed request time")
+        self._tokens = names.create(meter, names.TOKEN_USAGE)
+        # counters are Tallies: summed here, read when OpenTelemetry collects (names.Tally)
+        self._requests = names.create(meter, names.BILLING_REQUESTS)
+        self._experts = names.create(meter, names.BILLING_EXPERT_ACTIVATIONS)
+        self._compute = names.create(meter, names.BILLING_COMPUTE_TIME)
 
     async def deliver(self, records: Sequence[UsageRecord]) -> None:
         for r in records:

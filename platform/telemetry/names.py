@@ -72,6 +72,12 @@ GATEWAY_TOKENS = Instrument("minimax_m1.gateway.tokens", "counter", "{token}",
                             "Tokens settled per tenant, by gen_ai.token.type")
 QUOTA_REJECTIONS = Instrument("minimax_m1.gateway.quota.rejections", "counter", "{request}",
                               "Requests refused by a tenant quota, by tenant and limit")
+# The otel_metrics billing hook's (minimax_m1.gateway.hooks.OtelMetricsHook).
+TOKEN_USAGE = Instrument("gen_ai.client.token.usage", "histogram", "{token}", "Tokens billed per request")
+BILLING_REQUESTS = Instrument("minimax_m1.billing.requests", "counter", "{request}", "Billed requests")
+BILLING_EXPERT_ACTIVATIONS = Instrument("minimax_m1.billing.expert_activations", "counter", "{activation}",
+                                        "Billed (token, expert) activations")
+BILLING_COMPUTE_TIME = Instrument("minimax_m1.billing.compute_time", "counter", "s", "Billed request time")
 OUTBOX_LAG = Instrument("minimax_m1.billing.outbox.lag", "gauge", "s",
                         "Age of the oldest undelivered usage record, per billing hook (0 = none pending)")
 OUTBOX_PENDING = Instrument("minimax_m1.billing.outbox.pending", "gauge", "{record}",
