@@ -1,8 +1,8 @@
 """Dispatch: pick the implementation of each op from the device of its inputs.
 
-CUDA tensors go to the Triton kernels when Triton imports; everything else (CPU tensors, or a
-machine without Triton) goes to the torch reference ops, except where the C kernels of
-cpu_kernels apply on the CPU (fp32, experts stored input-major, no autograd). Both sides share one API and one meaning.
+CUDA tensors go to the Triton kernels when Triton imports (the lightning and MoE ops); CPU tensors go
+to the C kernels of cpu_kernels where they apply (fp32, experts stored input-major, no autograd);
+everything else goes to the torch reference ops. All share one API and one meaning.
 The Triton modules are imported on the first CUDA call, so CPU-only users never import Triton.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from types import ModuleType
 
 import torch
 
-from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.attention_ref import paged_decode_attention_ref
 from minimax_m1.kernels.cpu_kernels import (lightning_scan_cpu, moe_experts_cpu, paged_decode_attention_cpu, rms_norm_cpu,
                                             route_topk_cpu)
+from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.moe_ref import moe_experts_ref, route_topk_ref
 from minimax_m1.kernels.norm_ref import rms_norm_ref
 
