@@ -96,9 +96,11 @@ def library() -> ctypes.CDLL | None:
 
 def _applies(*tensors: torch.Tensor) -> bool:
     """fp32 CPU tensors outside autograd."""
-    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if not t.is_cpu or t.dtype != torch.float32 or (grad and t.requires_grad):
+            return False
+    return True
 
 
 def _rows(q, k, v) -> tuple[int, int] | None:
