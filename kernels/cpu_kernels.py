@@ -90,7 +90,8 @@ def library() -> ctypes.CDLL | None:
     lib.route_topk.restype = None
     lib.route_topk.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
     lib.rms_norm.restype = None
-    lib.rms_norm.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
+    lib.rms_norm.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_float] + \
+        [ctypes.c_void_p] * 2
     return lib
 
 
@@ -175,18 +176,24 @@ def lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens) -> torch.Tens
     return out
 
 
-def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float, gate: torch.Tensor | None = None
+                 ) -> torch.Tensor | None:
     """rms_norm_ref (without a custom variance) computed by the C kernel, or None when it does not
-    apply. x [..., C] with contiguous channels."""
+    apply. x [..., C] with contiguous channels; gate shaped like x."""
     if not _applies(x, weight) or x.stride(-1) != 1 or not weight.is_contiguous():
         return None
+    if gate is not None:
+        if not _applies(gate) or gate.shape != x.shape:
+            return None
+        gate = gate.contiguous()
     lib = library()
     if lib is None:
         return None
     c = x.shape[-1]
     rows = x.reshape(-1, c)  # a view for the layouts the model passes
     out = torch.empty(rows.shape, dtype=torch.float32)
-    lib.rms_norm(rows.data_ptr(), rows.shape[0], c, rows.stride(0), weight.data_ptr(), eps, out.data_ptr())
+    lib.rms_norm(rows.data_ptr(), rows.shape[0], c, rows.stride(0), weight.data_ptr(), eps,
+                 None if gate is None else gate.data_ptr(), out.data_ptr())
     return out.view(x.shape)
 
 

@@ -7,11 +7,14 @@ import torch
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 variance: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                 variance: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 gate: torch.Tensor | None = None) -> torch.Tensor:
     """weight * x / sqrt(mean(x^2) + eps) over the last dim, computed in fp32, returned in x's dtype
-    (then times the weight). `variance` replaces the mean of squares (fp32 x [N, C] -> [N, 1]) where
-    the channels are split across ranks and it must be all-reduced."""
+    (then times the weight), then times sigmoid(gate) where a gate (shaped like x) is given.
+    `variance` replaces the mean of squares (fp32 x [N, C] -> [N, 1]) where the channels are split
+    across ranks and it must be all-reduced."""
     dtype = x.dtype
     x = x.to(torch.float32)
     var = variance(x) if variance is not None else x.pow(2).mean(-1, keepdim=True)
-    return weight * (x * torch.rsqrt(var + eps)).to(dtype)
+    out = weight * (x * torch.rsqrt(var + eps)).to(dtype)
+    return out if gate is None else torch.sigmoid(gate) * out

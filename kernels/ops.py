@@ -81,13 +81,13 @@ def route_topk(logits, top_k: int):
     return route_topk_ref(logits, top_k)
 
 
-def rms_norm(x, weight, eps: float, variance=None):
+def rms_norm(x, weight, eps: float, variance=None, gate=None):
     """See rms_norm_ref. On the CPU the C kernel runs where it applies (no custom variance)."""
     if variance is None and x.device.type == "cpu":
-        out = rms_norm_cpu(x, weight, eps)
+        out = rms_norm_cpu(x, weight, eps, gate)
         if out is not None:
             return out
-    return rms_norm_ref(x, weight, eps, variance)
+    return rms_norm_ref(x, weight, eps, variance, gate)
 
 
 def paged_decode_attention(q, k_pool, v_pool, tables, lengths):

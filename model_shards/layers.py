@@ -33,8 +33,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps, self.variance)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised x, times sigmoid(gate) where a gate (shaped like x) is given."""
+        return rms_norm(x, self.weight, self.eps, self.variance, gate)
 
 
 class LightningAttention(nn.Module):
@@ -74,8 +75,7 @@ class LightningAttention(nn.Module):
             pool[slots] = finals
             parts.append(o)
         o = parts[0] if len(parts) == 1 else torch.cat(parts)
-        o = self.norm(o.reshape(n, self.num_heads * self.head_dim))  # [N, H*D]
-        o = torch.sigmoid(self.output_gate(x)) * o
+        o = self.norm(o.reshape(n, self.num_heads * self.head_dim), gate=self.output_gate(x))  # [N, H*D]
         return self.out_proj(o)
 
 

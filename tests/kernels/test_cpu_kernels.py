@@ -253,3 +253,13 @@ def test_route_topk_equals_the_reference(tokens, experts, top_k):
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
     assert torch.equal(route_topk(logits, top_k)[0], want[0])
+
+
+def test_rms_norm_with_a_gate_equals_the_reference():
+    g = torch.Generator().manual_seed(9)
+    x, gate, weight = torch.randn(5, 64, generator=g), torch.randn(5, 64, generator=g) * 4, torch.rand(64, generator=g)
+    got = cpu_kernels.rms_norm_cpu(x, weight, 1e-5, gate)
+    assert got is not None
+    want = rms_norm_ref(x, weight, 1e-5, gate=gate)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(want, torch.sigmoid(gate) * rms_norm_ref(x, weight, 1e-5))
