@@ -82,7 +82,7 @@ def library() -> ctypes.CDLL | None:
     lib.moe_experts.restype = ctypes.c_int
     lib.moe_experts.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] + [ctypes.c_void_p] + [ctypes.c_int64] * 6
     lib.lightning_scan.restype = None
-    lib.lightning_scan.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4 + \
+    lib.lightning_scan.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 5 + \
         [ctypes.c_int64] * 3 + [ctypes.c_void_p]
     lib.paged_decode_attention.restype = ctypes.c_int
     lib.paged_decode_attention.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_void_p] + \
@@ -151,11 +151,11 @@ def route_topk_cpu(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torc
     return ids, weights
 
 
-def lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens) -> torch.Tensor | None:
+def lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens, fresh=None) -> torch.Tensor | None:
     """The lightning recurrence over packed sequences (see lightning_cpu.c): sequence i's tokens
-    cu_seqlens[i]..cu_seqlens[i+1] run from state pool[slot_ids[i]], updated in place (a negative
-    slot skips the sequence; its rows of the output are left as they were: zero).
-    Returns out [N, H, D], or None when the kernel does not apply."""
+    cu_seqlens[i]..cu_seqlens[i+1] run from state pool[slot_ids[i]] (zeroed first where the bool
+    fresh[i] is set), updated in place (a negative slot skips the sequence; its rows of the output
+    are left as they were: zero). Returns out [N, H, D], or None when the kernel does not apply."""
     if not _applies(q, k, v, pool) or not pool.is_contiguous():
         return None
     strides = _rows(q, k, v)
@@ -170,9 +170,11 @@ def lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens) -> torch.Tens
     slope = slope.to(torch.float32).contiguous()
     slots = slot_ids.to(torch.int64).contiguous()
     cu = cu_seqlens.to(torch.int64).contiguous()
+    fresh = None if fresh is None else fresh.to(torch.bool).contiguous()
     out = torch.zeros(n, h, d, dtype=torch.float32)
     lib.lightning_scan(q.data_ptr(), k.data_ptr(), v.data_ptr(), strides[0], strides[1], slope.data_ptr(),
-                       pool.data_ptr(), slots.data_ptr(), cu.data_ptr(), slots.numel(), h, d, out.data_ptr())
+                       pool.data_ptr(), slots.data_ptr(), cu.data_ptr(), None if fresh is None else fresh.data_ptr(),
+                       slots.numel(), h, d, out.data_ptr())
     return out
 
 

@@ -62,6 +62,31 @@ def lightning_decode(q, k, v, slope, state_pool, slot_ids):
     return lightning_decode_ref(q, k, v, slope, state_pool, slot_ids)
 
 
+def lightning_attention(q, k, v, slope, pool, slot_ids, cu_seqlens, fresh, num_decode: int, block_size: int):
+    """A lightning layer's attention for one engine step. Sequence i's tokens
+    cu_seqlens[i]..cu_seqlens[i+1] (q, k, v [N, H, D]) continue from its state pool[slot_ids[i]]
+    ([P, H, D, D] fp32; from zero where the bool fresh[i] is set), which is updated in place. The
+    first num_decode sequences have one token each (the decode part). Returns out [N, H, D].
+    On the CPU one C call does it all; elsewhere lightning_decode runs the decode part and
+    lightning_prefill the rest."""
+    if q.device.type == "cpu":
+        out = lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens, fresh)
+        if out is not None:
+            return out.to(q.dtype)
+    nd, parts = num_decode, []
+    if nd:
+        slots = slot_ids[:nd]
+        pool[slots[fresh[:nd]]] = 0.0  # a one-token prompt may land in a reused slot: start from zero
+        parts.append(lightning_decode(q[:nd], k[:nd], v[:nd], slope, pool, slots))
+    if nd < slot_ids.numel():
+        slots = slot_ids[nd:]
+        initial = pool[slots].masked_fill(fresh[nd:].view(-1, 1, 1, 1), 0.0)  # [S', H, D, D]
+        o, finals = lightning_prefill(q[nd:], k[nd:], v[nd:], slope, cu_seqlens[nd:] - nd, initial, block_size)
+        pool[slots] = finals
+        parts.append(o)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def moe_experts(x, topk_ids, topk_weights, w13, w2, expert_offset: int = 0):
     """See moe_experts_ref. Returns [T, h] in x's dtype. On the CPU the C kernel (moe_cpu) runs
     where it applies."""
@@ -99,5 +124,5 @@ def paged_decode_attention(q, k_pool, v_pool, tables, lengths):
     return paged_decode_attention_ref(q, k_pool, v_pool, tables, lengths)
 
 
-__all__ = ["backend_for", "lightning_prefill", "lightning_decode", "moe_experts", "paged_decode_attention", "rms_norm",
+__all__ = ["backend_for", "lightning_attention", "lightning_prefill", "lightning_decode", "moe_experts", "paged_decode_attention", "rms_norm",
            "route_topk"]

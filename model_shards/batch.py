@@ -29,7 +29,6 @@ class ForwardBatch:
     slot_ids: torch.Tensor = field(init=False, repr=False)  # [S]
     num_decode: int = field(init=False)  # leading one-token sequences (the decode part)
     fresh: torch.Tensor = field(init=False, repr=False)  # [S] bool: starts at position 0 (state must start empty)
-    has_fresh_decode: bool = field(init=False)  # a decode-part sequence starts at position 0
 
     def __post_init__(self) -> None:
         if not (len(self.seq_lens) == len(self.start_positions) == len(self.slots)):
@@ -46,7 +45,6 @@ class ForwardBatch:
         self.slot_ids = torch.tensor(self.slots, dtype=torch.int64)
         self.num_decode = next((i for i, n in enumerate(self.seq_lens) if n != 1), len(self.seq_lens))
         self.fresh = torch.tensor([p == 0 for p in self.start_positions], dtype=torch.bool)
-        self.has_fresh_decode = 0 in self.start_positions[: self.num_decode]
 
     @property
     def num_tokens(self) -> int:
@@ -60,10 +58,6 @@ class ForwardBatch:
     def is_decode(self) -> bool:
         """Every sequence adds exactly one token (no prefill part)."""
         return self.num_decode == len(self.seq_lens)
-
-    def prefill_cu_seqlens(self) -> torch.Tensor:
-        """Offsets of the prefill-part sequences within the prefill tokens (N - num_decode). [S - num_decode + 1]"""
-        return self.cu_seqlens[self.num_decode:] - self.num_decode
 
     def last_token_indices(self) -> torch.Tensor:
         """Index in N of each sequence's last new token. [S]"""

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimax_m1.kernels import (lightning_decode, lightning_prefill, moe_experts, paged_decode_attention, rms_norm,
-                               route_topk)
+from minimax_m1.kernels import lightning_attention, moe_experts, paged_decode_attention, rms_norm, route_topk
 from minimax_m1.model_shards.batch import ForwardBatch
 from minimax_m1.model_shards.cache import StateCache
 from minimax_m1.model_shards.config import LIGHTNING, MiniMaxM1Config, layer_decay_factor, lightning_slopes
@@ -60,21 +59,8 @@ class LightningAttention(nn.Module):
         n = x.shape[0]
         qkv = F.silu(self.qkv_proj(x)).view(n, self.num_heads, 3 * self.head_dim)  # [N, H, 3D]
         q, k, v = qkv.split(self.head_dim, dim=-1)  # [N, H, D] each
-        pool = cache.lightning_pool(self.layer_idx)  # [P, H, D, D] fp32
-        nd, parts = batch.num_decode, []
-        if nd:
-            slots = batch.slot_ids[:nd]
-            if batch.has_fresh_decode:  # a one-token prompt may land in a reused slot: start from zero
-                pool[slots[batch.fresh[:nd]]] = 0.0
-            parts.append(lightning_decode(q[:nd], k[:nd], v[:nd], self.slope, pool, slots))
-        if nd < batch.num_seqs:
-            slots = batch.slot_ids[nd:]
-            initial = pool[slots].masked_fill(batch.fresh[nd:].view(-1, 1, 1, 1), 0.0)  # [S', H, D, D]
-            o, finals = lightning_prefill(q[nd:], k[nd:], v[nd:], self.slope, batch.prefill_cu_seqlens(), initial,
-                                          self.block_size)
-            pool[slots] = finals
-            parts.append(o)
-        o = parts[0] if len(parts) == 1 else torch.cat(parts)
+        o = lightning_attention(q, k, v, self.slope, cache.lightning_pool(self.layer_idx), batch.slot_ids,
+                                batch.cu_seqlens, batch.fresh, batch.num_decode, self.block_size)  # [N, H, D]
         o = self.norm(o.reshape(n, self.num_heads * self.head_dim), gate=self.output_gate(x))  # [N, H*D]
         return self.out_proj(o)
 

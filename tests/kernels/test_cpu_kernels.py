@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from minimax_m1.kernels import (cpu_kernels, lightning_decode, lightning_prefill, moe_experts, paged_decode_attention,
-                                rms_norm, route_topk)
+from minimax_m1.kernels import (cpu_kernels, lightning_attention, lightning_decode, lightning_prefill, moe_experts,
+                                paged_decode_attention, rms_norm, route_topk)
 from minimax_m1.kernels.attention_ref import paged_decode_attention_ref
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.moe_ref import moe_experts_ref, route_topk_ref
@@ -263,3 +263,22 @@ def test_rms_norm_with_a_gate_equals_the_reference():
     want = rms_norm_ref(x, weight, 1e-5, gate=gate)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(want, torch.sigmoid(gate) * rms_norm_ref(x, weight, 1e-5))
+
+
+def test_lightning_attention_in_one_call_equals_the_composed_reference_ops(monkeypatch):
+    """The layer's op: decode rows first, then prefill chunks, fresh sequences from zero, states in
+    place. The CPU kernel against the composition of the reference ops (the CPU kernels switched off)."""
+    lengths = [1, 1, 1, 5, 12]  # three decodes (one fresh: a one-token prompt), two prefill chunks (one fresh)
+    q, k, v = qkv_views(sum(lengths), 4, 16, seed=7)
+    slope = torch.tensor([0.9, 0.3, 0.05, 0.002])
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    slots, fresh = torch.tensor([4, 0, 2, 1, 3]), torch.tensor([False, True, False, False, True])
+    pool = torch.randn(6, 4, 16, 16) * 0.1
+    kernel_pool, reference_pool = pool.clone(), pool.clone()
+    got = lightning_attention(q, k, v, slope, kernel_pool, slots, cu, fresh, 3, 8)
+    monkeypatch.setenv("MINIMAX_M1_CPU_KERNELS", "0")
+    cpu_kernels.library.cache_clear()
+    want = lightning_attention(q, k, v, slope, reference_pool, slots, cu, fresh, 3, 8)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kernel_pool, reference_pool, rtol=1e-5, atol=1e-5)
+    assert torch.equal(kernel_pool[5], pool[5])  # a slot no sequence uses is untouched
