@@ -38,6 +38,13 @@ int paged_decode_attention(const float *q, const float *kc, const float *vc, con
         memset(ob, 0, (size_t)H * D * sizeof(float));
         for (int64_t h = 0; h < H; h++) run_max[h] = -INFINITY, run_sum[h] = 0.0f;
         for (int64_t t = 0; t < L; t++) {
+            if (t % BS == 0 && t + BS < L) { /* blocks are scattered: ask for the next one's keys and values */
+                const int64_t next = table[t / BS + 1] * BS * token_stride;
+                for (int64_t byte = 0; byte < BS * token_stride * (int64_t)sizeof(float); byte += 64) {
+                    __builtin_prefetch((const char *)(kc + next) + byte, 0, 1);
+                    __builtin_prefetch((const char *)(vc + next) + byte, 0, 1);
+                }
+            }
             const int64_t row = (table[t / BS] * BS + t % BS) * token_stride;
             for (int64_t h = 0; h < H; h++) {
                 const int64_t g = h / group;
