@@ -1,8 +1,8 @@
 """The CPU kernels, in C: the mixture of experts (moe_cpu.c, the meaning of moe_experts_ref), the
 lightning attention recurrence (lightning_cpu.c, lightning_ref), RMSNorm (norm_cpu.c,
 rms_norm_ref) and paged decode attention (attention_cpu.c, attention_ref), for fp32 tensors on the
-CPU. Built into one library on first use with the machine's C compiler, cached,
-and called through ctypes (which releases the GIL).
+CPU. Built into one library on first use with the machine's C compiler, cached, and called
+through ctypes, holding the GIL as torch's ops do (see library()).
 
 Why: a small model's step is mostly the fixed cost of torch calls (~4 us each, whatever their
 size): two GEMMs per busy expert, ~15 ops per lightning chunk, ~6 per norm. These kernels make
@@ -62,7 +62,7 @@ def _build(cc: str, target: Path) -> None:
 
 
 @functools.cache
-def library() -> ctypes.CDLL | None:
+def library() -> ctypes.PyDLL | None:
     """The loaded kernels, built if needed; None (after one warning) where they cannot be built."""
     if not enabled():
         return None
@@ -74,7 +74,11 @@ def library() -> ctypes.CDLL | None:
     try:
         if not target.exists():
             _build(cc, target)
-        lib = ctypes.CDLL(str(target))
+        # PyDLL: the calls keep the GIL, as torch's ops do. Released, every kernel call let another
+        # thread running Python (an exporter encoding spans) take the GIL, and the step loop waited
+        # for it until that thread's switch interval (5 ms) ran out: with a thread doing 5% pure-
+        # Python work beside the engine, throughput fell 8.3% released and 5.6% held (idle: equal).
+        lib = ctypes.PyDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         log.warning("CPU kernels unavailable (%s); using the torch reference ops", detail)
