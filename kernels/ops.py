@@ -1,8 +1,10 @@
 """Dispatch: pick the implementation of each op from the device of its inputs.
 
-CUDA tensors go to the Triton kernels when Triton imports (the lightning and MoE ops); CPU tensors go
-to the C kernels of cpu_kernels where they apply (fp32, experts stored input-major, no autograd);
-everything else goes to the torch reference ops. All share one API and one meaning.
+CUDA tensors go to the Triton kernels when Triton imports (the lightning and MoE ops); fp32 CPU
+tensors go to the C kernels of cpu_kernels where they apply (each returns None otherwise: another
+dtype or layout, autograd, no compiler); everything else goes to the torch reference ops. On the
+CPU the lightning layers take one C call for the whole step (lightning_attention), so the separate
+lightning_prefill and lightning_decode ops run the reference there. All share one API and one meaning.
 The Triton modules are imported on the first CUDA call, so CPU-only users never import Triton.
 """
 from __future__ import annotations
@@ -41,13 +43,6 @@ def lightning_prefill(q, k, v, slope, cu_seqlens, initial_states, block_size):
     """See lightning_prefill_ref. Returns (out [N, H, D], final states [S, H, D, D] fp32)."""
     if backend_for(q.device) == "triton":
         return _triton_kernels()[0].lightning_prefill_triton(q, k, v, slope, cu_seqlens, initial_states, block_size)
-    if q.device.type == "cpu":
-        num_seqs, h, d = cu_seqlens.numel() - 1, q.shape[1], q.shape[2]
-        finals = (initial_states.to(torch.float32, copy=True).contiguous() if initial_states is not None
-                  else torch.zeros(num_seqs, h, d, d, dtype=torch.float32))
-        out = lightning_scan_cpu(q, k, v, slope, finals, torch.arange(num_seqs), cu_seqlens)
-        if out is not None:
-            return out.to(q.dtype), finals
     return lightning_prefill_ref(q, k, v, slope, cu_seqlens, initial_states, block_size)
 
 
@@ -55,10 +50,6 @@ def lightning_decode(q, k, v, slope, state_pool, slot_ids):
     """See lightning_decode_ref. Returns out [B, H, D]; updates state_pool in place."""
     if backend_for(q.device) == "triton":
         return _triton_kernels()[0].lightning_decode_triton(q, k, v, slope, state_pool, slot_ids)
-    if q.device.type == "cpu":
-        out = lightning_scan_cpu(q, k, v, slope, state_pool, slot_ids, torch.arange(q.shape[0] + 1))
-        if out is not None:
-            return out.to(q.dtype)
     return lightning_decode_ref(q, k, v, slope, state_pool, slot_ids)
 
 
@@ -67,20 +58,20 @@ def lightning_attention(q, k, v, slope, pool, slot_ids, cu_seqlens, fresh, num_d
     cu_seqlens[i]..cu_seqlens[i+1] (q, k, v [N, H, D]) continue from its state pool[slot_ids[i]]
     ([P, H, D, D] fp32; from zero where the bool fresh[i] is set), which is updated in place. The
     first num_decode sequences have one token each (the decode part). Returns out [N, H, D].
-    On the CPU one C call does it all; elsewhere lightning_decode runs the decode part and
-    lightning_prefill the rest."""
-    if q.device.type == "cpu":
-        out = lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens, fresh)
-        if out is not None:
-            return out.to(q.dtype)
+    `fresh` is a host tensor (read without a device sync). On the CPU one C call does it all;
+    elsewhere lightning_decode runs the decode part and lightning_prefill the rest."""
+    out = lightning_scan_cpu(q, k, v, slope, pool, slot_ids, cu_seqlens, fresh)
+    if out is not None:
+        return out
     nd, parts = num_decode, []
     if nd:
         slots = slot_ids[:nd]
-        pool[slots[fresh[:nd]]] = 0.0  # a one-token prompt may land in a reused slot: start from zero
+        if fresh[:nd].any():  # a one-token prompt may land in a reused slot: start from zero
+            pool[slots[fresh[:nd].to(slots.device)]] = 0.0
         parts.append(lightning_decode(q[:nd], k[:nd], v[:nd], slope, pool, slots))
     if nd < slot_ids.numel():
         slots = slot_ids[nd:]
-        initial = pool[slots].masked_fill(fresh[nd:].view(-1, 1, 1, 1), 0.0)  # [S', H, D, D]
+        initial = pool[slots].masked_fill(fresh[nd:].to(pool.device).view(-1, 1, 1, 1), 0.0)  # [S', H, D, D]
         o, finals = lightning_prefill(q[nd:], k[nd:], v[nd:], slope, cu_seqlens[nd:] - nd, initial, block_size)
         pool[slots] = finals
         parts.append(o)
@@ -92,37 +83,28 @@ def moe_experts(x, topk_ids, topk_weights, w13, w2, expert_offset: int = 0):
     where it applies."""
     if backend_for(x.device) == "triton":
         return _triton_kernels()[1].moe_experts_triton(x, topk_ids, topk_weights, w13, w2, expert_offset)
-    out = moe_experts_cpu(x, topk_ids, topk_weights, w13, w2, expert_offset) if x.device.type == "cpu" else None
+    out = moe_experts_cpu(x, topk_ids, topk_weights, w13, w2, expert_offset)
     return out if out is not None else moe_experts_ref(x, topk_ids, topk_weights, w13, w2, expert_offset)
 
 
 def route_topk(logits, top_k: int):
     """See route_topk_ref. Returns (ids [N, K], weights [N, K] fp32). On the CPU the C kernel runs
     where it applies."""
-    if logits.device.type == "cpu":
-        out = route_topk_cpu(logits, top_k)
-        if out is not None:
-            return out
-    return route_topk_ref(logits, top_k)
+    out = route_topk_cpu(logits, top_k)
+    return out if out is not None else route_topk_ref(logits, top_k)
 
 
 def rms_norm(x, weight, eps: float, variance=None, gate=None):
     """See rms_norm_ref. On the CPU the C kernel runs where it applies (no custom variance)."""
-    if variance is None and x.device.type == "cpu":
-        out = rms_norm_cpu(x, weight, eps, gate)
-        if out is not None:
-            return out
-    return rms_norm_ref(x, weight, eps, variance, gate)
+    out = rms_norm_cpu(x, weight, eps, gate) if variance is None else None
+    return out if out is not None else rms_norm_ref(x, weight, eps, variance, gate)
 
 
 def paged_decode_attention(q, k_pool, v_pool, tables, lengths):
     """See paged_decode_attention_ref. Returns [B, H, D]. On the CPU the C kernel runs where it applies."""
-    if q.device.type == "cpu":
-        out = paged_decode_attention_cpu(q, k_pool, v_pool, tables, lengths)
-        if out is not None:
-            return out.to(q.dtype)
-    return paged_decode_attention_ref(q, k_pool, v_pool, tables, lengths)
+    out = paged_decode_attention_cpu(q, k_pool, v_pool, tables, lengths)
+    return out if out is not None else paged_decode_attention_ref(q, k_pool, v_pool, tables, lengths)
 
 
-__all__ = ["backend_for", "lightning_attention", "lightning_prefill", "lightning_decode", "moe_experts", "paged_decode_attention", "rms_norm",
-           "route_topk"]
+__all__ = ["backend_for", "lightning_attention", "lightning_prefill", "lightning_decode", "moe_experts",
+           "paged_decode_attention", "rms_norm", "route_topk"]

@@ -28,7 +28,8 @@ class ForwardBatch:
     positions: torch.Tensor = field(init=False, repr=False)  # [N] absolute positions
     slot_ids: torch.Tensor = field(init=False, repr=False)  # [S]
     num_decode: int = field(init=False)  # leading one-token sequences (the decode part)
-    fresh: torch.Tensor = field(init=False, repr=False)  # [S] bool: starts at position 0 (state must start empty)
+    # [S] bool: starts at position 0 (state must start empty). Stays on the host: read there.
+    fresh: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (len(self.seq_lens) == len(self.start_positions) == len(self.slots)):
@@ -67,7 +68,6 @@ class ForwardBatch:
         self.cu_seqlens = self.cu_seqlens.to(device)
         self.positions = self.positions.to(device)
         self.slot_ids = self.slot_ids.to(device)
-        self.fresh = self.fresh.to(device)
         if self.expert_threshold is not None:
             self.expert_threshold = self.expert_threshold.to(device)
         return self

@@ -35,7 +35,7 @@ class StateCache:
         return where every sequence's keys and values are, as a paged attention reads them
         (kernels.paged_decode_attention): block pools [NB, BS, Hkv, D] each, block tables [B, nb]
         int64 (sequence b's token t is in block tables[b, t // BS] at offset t % BS) and lengths
-        [B] int64 (positions + 1)."""
+        [B] int64 (positions + 1), on the host (read there without a device sync)."""
         raise NotImplementedError
 
 
@@ -73,4 +73,4 @@ class ContiguousCache(StateCache):
         kc, vc = self._k[layer_idx], self._v[layer_idx]
         kc[slot_ids, pos] = k
         vc[slot_ids, pos] = v
-        return kc, vc, slot_ids.view(-1, 1), pos + 1
+        return kc, vc, slot_ids.view(-1, 1), torch.tensor([p + 1 for p in positions])

@@ -61,7 +61,7 @@ class PagedCache(StateCache):
         vc[dest, offs] = v
         nb = max((n + bs - 1) // bs for n in lengths)
         rows = [t[:nb] + [0] * (nb - len(t[:nb])) for t in tables]  # padding blocks are never read
-        return kc, vc, torch.tensor(rows, dtype=torch.long, device=k.device), torch.tensor(lengths, device=k.device)
+        return kc, vc, torch.tensor(rows, dtype=torch.long, device=k.device), torch.tensor(lengths)
 
 
 def _gather_blocks(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from minimax_m1.kernels import (cpu_kernels, lightning_attention, lightning_decode, lightning_prefill, moe_experts,
-                                paged_decode_attention, rms_norm, route_topk)
+from minimax_m1.kernels import (cpu_kernels, lightning_attention, lightning_prefill, moe_experts, paged_decode_attention,
+                                rms_norm, route_topk)
 from minimax_m1.kernels.attention_ref import paged_decode_attention_ref
 from minimax_m1.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
 from minimax_m1.kernels.moe_ref import moe_experts_ref, route_topk_ref
@@ -158,8 +158,10 @@ def test_lightning_prefill_equals_the_reference(lengths, heads, dim, initial):
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     states = torch.randn(len(lengths), heads, dim, dim) * 0.1 if initial else None
     want_out, want_final = lightning_prefill_ref(q, k, v, slope, cu, states, 64)
+    final = states.clone() if initial else torch.full((len(lengths), heads, dim, dim), 7.0)  # the pool
+    fresh = torch.full((len(lengths),), not initial)  # without initial states: start from zero
     with torch.inference_mode():
-        out, final = lightning_prefill(q, k, v, slope, cu, states, 64)
+        out = lightning_attention(q, k, v, slope, final, torch.arange(len(lengths)), cu, fresh, 0, 64)
     torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(final, want_final, rtol=1e-4, atol=1e-5)
     if states is not None:
@@ -178,21 +180,27 @@ def test_lightning_decode_updates_the_pool_in_place_and_skips_padding():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(pool, want_pool, rtol=1e-5, atol=1e-6)
     assert torch.equal(got[3], torch.zeros(4, 32))  # the padding row
-    assert torch.equal(lightning_decode(q, k, v, slope, start, slots), got)  # the op takes the kernel
-    assert torch.equal(start, pool)
+    no_fresh = torch.zeros(6, dtype=torch.bool)
+    assert torch.equal(lightning_attention(q, k, v, slope, start, slots, torch.arange(7), no_fresh, 6, 64), got)
+    assert torch.equal(start, pool)  # the op takes the kernel
 
 
 def test_a_prompt_in_chunks_or_beside_others_gives_the_same_bits():
     """The recurrence runs token by token per sequence: chunking and batching change nothing."""
     q, k, v = qkv_views(50, 2, 16, seed=2)
     slope = torch.tensor([0.5, 0.01])
-    whole, whole_final = lightning_prefill(q, k, v, slope, torch.tensor([0, 50]), None, 64)
-    first, state = lightning_prefill(q[:17], k[:17], v[:17], slope, torch.tensor([0, 17]), None, 64)
-    rest, final = lightning_prefill(q[17:], k[17:], v[17:], slope, torch.tensor([0, 33]), state, 64)
+
+    def prefill(q, k, v, cu, pool, fresh):
+        return lightning_attention(q, k, v, slope, pool, torch.arange(len(fresh)), cu, torch.tensor(fresh), 0, 64)
+
+    whole_final, final = torch.empty(1, 2, 16, 16), torch.empty(1, 2, 16, 16)
+    whole = prefill(q, k, v, torch.tensor([0, 50]), whole_final, [True])
+    first = prefill(q[:17], k[:17], v[:17], torch.tensor([0, 17]), final, [True])
+    rest = prefill(q[17:], k[17:], v[17:], torch.tensor([0, 33]), final, [False])  # continues the state
     assert torch.equal(torch.cat([first, rest]), whole) and torch.equal(final, whole_final)
     other_q, other_k, other_v = qkv_views(9, 2, 16, seed=3)
-    both, _ = lightning_prefill(torch.cat([other_q, q]), torch.cat([other_k, k]), torch.cat([other_v, v]), slope,
-                                torch.tensor([0, 9, 59]), None, 64)
+    both = prefill(torch.cat([other_q, q]), torch.cat([other_k, k]), torch.cat([other_v, v]), torch.tensor([0, 9, 59]),
+                   torch.empty(2, 2, 16, 16), [True, True])
     assert torch.equal(both[9:], whole)
 
 
