@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import random
 import shutil
@@ -233,11 +232,6 @@ def main(argv: list[str] | None = None) -> int:
         pad = config.pad_token_id if config.pad_token_id is not None else eos[0]
         cfg = EngineConfig(max_num_seqs=32, max_batch_tokens=1024, prefill_chunk_size=512, kv_block_size=16, num_kv_blocks=1024)
         engine = AsyncEngine(LLMEngine(InProcessModelInstance(ours, cfg.cache_shape()), tokenizer, cfg))
-        # As the Serve replica does after start-up (minimax_m1.serving.app): the start-up heap (torch,
-        # transformers, both models) leaves the cyclic GC, whose full collections would otherwise walk
-        # it (~100 ms) a few times a second of either side's run.
-        gc.collect()
-        gc.freeze()
 
         # warm-up (first calls allocate)
         warm = make_requests(4, config.vocab_size, 4, seed=99)
@@ -270,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(m_static.row())
             summary.append((c, m_ours, m_static))
         engine.shutdown()
-        gc.unfreeze()  # frozen objects are never freed: triton's bindings would report them as leaks at exit
 
         print("\n== ratios, ours / transformers (throughput: higher is better; TTFT, TPOT: lower is better) ==")
         print(f"{'concurrency':<12} {'tok/s vs static':>16} {'tok/s vs 1-at-a-time':>21} {'TTFT p50':>9} {'TTFT p99':>9} "

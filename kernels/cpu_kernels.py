@@ -1,13 +1,14 @@
 """The CPU kernels, in C: the mixture of experts and its router (moe_cpu.c, the meaning of
 moe_experts_ref and route_topk_ref), the lightning attention recurrence (lightning_cpu.c,
 lightning_ref), RMSNorm (norm_cpu.c, rms_norm_ref) and paged decode attention (attention_cpu.c,
-attention_ref), for fp32 tensors on the CPU. Built into one library on first use with the machine's C compiler, cached, and called
-through ctypes, holding the GIL as torch's ops do (see library()).
+attention_ref), for fp32 tensors on the CPU. Built into one library on first use with the
+machine's C compiler, cached, and called through ctypes, holding the GIL as torch's ops do (see
+library()).
 
 Why: a small model's step is mostly the fixed cost of torch calls (~4 us each, whatever their
-size): two GEMMs per busy expert, ~15 ops per lightning chunk, ~6 per norm, a top-k at ~0.2 us
-a row. These kernels make one call each. Each returns None when it does not apply (no C compiler, another dtype or layout,
-autograd), and the caller (kernels/ops.py) then runs the torch reference.
+size): two GEMMs per busy expert, ~15 ops per lightning chunk, ~6 per norm, a top-k at ~0.2 us a
+row. These kernels make one call each. Each returns None when it does not apply (no C compiler,
+another dtype or layout, autograd), and the caller (kernels/ops.py) then runs the torch reference.
 
     MINIMAX_M1_CPU_KERNELS=0        never build or use it (the torch reference runs)
     MINIMAX_M1_KERNEL_CACHE=DIR     where the built library is kept (default ~/.cache/minimax_m1/kernels)
@@ -31,7 +32,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("moe_cpu.c", "lightning_cpu.c", "norm_cpu.c", "attention_cpu.c"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("moe_cpu.c", "lightning_cpu.c", "norm_cpu.c", "attention_cpu.c"))
 HEADERS = (Path(__file__).with_name("cpu_simd.h"),)
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
 

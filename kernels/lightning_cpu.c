@@ -1,14 +1,14 @@
 /* CPU lightning attention kernel: the recurrence of lightning_ref, fp32, one thread.
  *
- * Built and loaded with moe_cpu.c by kernels/cpu_kernels.py (plain C, called through ctypes).
+ * Built and loaded with the other CPU kernels by kernels/cpu_kernels.py (called through ctypes).
  * Legend: S sequences, H heads, D head dim, P slots in the state pool.
  *
  * For each sequence i, with state pool[slot[i]] ([H, D, D] fp32, updated in place), and each of
  * its tokens t (rows cu[i] .. cu[i + 1] - 1), for every head with decay rate s:
  *     KV = exp(-s) KV + k_t^T v_t          o_t = q_t KV
  * Sequences whose slot is negative are skipped (padding rows); where fresh is given and fresh[i] is
- * set, sequence i starts from a zero state (a new sequence in a reused slot). The recurrence is both the decode
- * step and the prefill (token by token: 2 D^2 multiply-adds per token and head, fewer than the
+ * set, sequence i starts from a zero state (a new sequence in a reused slot). The recurrence is
+ * both the decode step and the prefill (token by token: 2 D^2 multiply-adds per token and head, fewer than the
  * chunked form's 2 D^2 + 2 c D, and the state stays in L1/L2). A token's arithmetic depends only
  * on its own sequence, so results do not depend on the batch, and a prompt prefilled in chunks
  * gives exactly what it gives in one piece.

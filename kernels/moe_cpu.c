@@ -1,6 +1,7 @@
 /* CPU mixture-of-experts kernel: the SiLU-gated expert FFNs of moe_experts_ref, fp32, one thread.
  *
- * Built and loaded by kernels/moe_cpu.py (plain C, no torch headers; called through ctypes).
+ * Built and loaded with the other CPU kernels by kernels/cpu_kernels.py (plain C, no torch headers;
+ * called through ctypes). Also the router without a threshold (route_topk, at the end).
  * Legend: T tokens, K experts per token, E local experts, h hidden, I expert intermediate size.
  *
  *   x    [T, h]     fp32, contiguous

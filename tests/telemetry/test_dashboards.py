@@ -13,7 +13,8 @@ from minimax_m1.telemetry import dashboards, names
 
 CHART_DASHBOARDS = pathlib.Path(__file__).resolve().parents[2] / "helm" / "minimax-m1" / "dashboards"
 # Emitted by the gateway's otel_metrics billing hook (minimax_m1.gateway.hooks), not by names.ALL.
-BILLING_HOOK_METRICS = {"gen_ai_client_token_usage", "minimax_m1_billing_requests_total"}
+BILLING_HOOK_METRICS = {i.prometheus for i in (names.TOKEN_USAGE, names.BILLING_REQUESTS, names.BILLING_EXPERT_ACTIVATIONS,
+                                                names.BILLING_COMPUTE_TIME)}
 FUNCTIONS = {"sum", "rate", "increase", "max", "avg", "by", "histogram_quantile", "label_values", "le"}
 
 
