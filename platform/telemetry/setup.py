@@ -93,12 +93,13 @@ def install(telemetry: Telemetry | None) -> None:
 
 def _otlp_exporters(config: TelemetryConfig):
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    from minimax_m1.telemetry.otlp_spans import OTLPSpanBytesExporter
 
     kw: dict[str, Any] = {"endpoint": config.otlp_endpoint}
     if config.otlp_insecure is not None:
         kw["insecure"] = config.otlp_insecure
-    return OTLPSpanExporter(**kw), OTLPMetricExporter(**kw)
+    return OTLPSpanBytesExporter(**kw), OTLPMetricExporter(**kw)
 
 
 def _start_prometheus(config: TelemetryConfig, registry) -> tuple[Any, int]:
