@@ -172,9 +172,18 @@ class EngineTelemetry:
                 live.end_decode(started_ns)
                 if live.queued_ns is None:
                     live.queued_ns, live.requeued = started_ns, True
+            lives = self._live
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
-                live = self._live.get(seq.request_id)
+                live = lives.get(seq.request_id)
                 if live is None:
+                    continue
+                if n == 1 and live.decode_ns is not None:
+                    # most entries: the next step of a run of decode steps (decode_ns is set only by a
+                    # decode step and cleared by a preemption, so this is what the checks below find)
+                    live.decode_steps += 1
+                    live.total_decode_steps += 1
+                    if seq.finish_reason is not None:
+                        live.end_decode(ended_ns)
                     continue
                 live.end_queue(started_ns)
                 start = seq.num_computed - n
