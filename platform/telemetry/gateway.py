@@ -25,7 +25,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
 from minimax_m1.telemetry import names
 from minimax_m1.telemetry.finished_spans import FinishedSpans
-from minimax_m1.telemetry.propagation import extract_context, with_trace_context
+from minimax_m1.telemetry.propagation import extract_context, with_span_context, with_trace_context
 from minimax_m1.telemetry.setup import Telemetry, current
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ class GatewayTelemetry:
     def __init__(self, telemetry: Telemetry):
         self.telemetry = telemetry
         self.enabled = telemetry.enabled
+        # The call's span becomes OpenTelemetry's current span only where a metric record can use it
+        # (exemplars); outgoing() reads the span from _CALL, so nothing else needs it.
+        self._attach = telemetry.config.exemplar_filter != "always_off"
         self._spans = FinishedSpans(telemetry, "minimax_m1.gateway")
         meter = telemetry.meter("minimax_m1.gateway")
         self._requests = names.create(meter, names.GATEWAY_REQUESTS)
@@ -80,8 +83,12 @@ class GatewayTelemetry:
 
     # -- hooks called from the gateway ----------------------------------------------------------
     def outgoing(self, metadata: Sequence[tuple[str, str]]) -> Sequence[tuple[str, str]]:
-        """Upstream call metadata: `metadata` plus the current span's traceparent."""
-        return with_trace_context(metadata) if self.enabled else metadata
+        """Upstream call metadata: `metadata` plus the traceparent of the call's span (inside a traced
+        handler) or of the current span."""
+        if not self.enabled:
+            return metadata
+        call = _CALL.get()
+        return with_span_context(metadata, call.context) if call is not None else with_trace_context(metadata)
 
     def quota_rejected(self, tenant: str, limit: str) -> None:
         self._quota.add(1, {"tenant": tenant, "limit": limit})
@@ -105,13 +112,14 @@ class GatewayTelemetry:
     # -- RPC spans and metrics ------------------------------------------------------------------
     def _start(self, method: str, metadata) -> tuple[_Call, tuple[Any, Any], float]:
         """The call's span starts: its ids and sampling decision now (the span is built at _end, ~3 us
-        instead of ~35 us for a live span), and it is the current span for outgoing()."""
+        instead of ~35 us for a live span), and it is the call's span for outgoing()."""
         parent = extract_context(metadata)
         name = f"{SERVICE}/{method}"
         attrs = {"rpc.system": "grpc", "rpc.service": SERVICE, names.RPC_METHOD: method}
         call = _Call(*self._spans.start(parent, name, SpanKind.SERVER, attrs), name, time.time_ns(), attrs)
-        tokens = (context_api.attach(trace.set_span_in_context(NonRecordingSpan(call.context), parent)), _CALL.set(call))
-        return call, tokens, time.perf_counter()
+        attached = (context_api.attach(trace.set_span_in_context(NonRecordingSpan(call.context), parent))
+                    if self._attach else None)
+        return call, (attached, _CALL.set(call)), time.perf_counter()
 
     def _end(self, method: str, call: _Call, tokens: tuple[Any, Any], started: float, code: str) -> None:
         attrs = {names.RPC_METHOD: method, names.RPC_STATUS: code}
@@ -122,7 +130,8 @@ class GatewayTelemetry:
         self._spans.emit(call.context, call.parent, call.name, call.start_ns, time.time_ns(), call.attributes,
                          SpanKind.SERVER, status=status)
         try:
-            context_api.detach(tokens[0])
+            if tokens[0] is not None:
+                context_api.detach(tokens[0])
             _CALL.reset(tokens[1])
         except Exception:  # a stream closed from another task: its context is gone already
             pass

@@ -1,6 +1,7 @@
 """W3C trace context (traceparent, tracestate) in gRPC metadata.
 
     metadata = with_trace_context(base_metadata)       # the caller: base + the current span's context
+    metadata = with_span_context(base_metadata, span_context)   # the same for a given SpanContext
     ctx = extract_context(context.invocation_metadata())   # the callee: the parent for its spans
 
 gRPC metadata keys are lower case, which is what W3C trace context uses, so no key mapping is
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()  # stateless
@@ -32,6 +34,19 @@ def with_trace_context(metadata: Sequence[tuple[str, str]] = (), context: Contex
     return tuple(p for p in metadata if p[0] not in TRACE_KEYS) + injected
 
 
+def with_span_context(metadata: Sequence[tuple[str, str]], span_context: SpanContext) -> tuple[tuple[str, str], ...]:
+    """`metadata` with any trace-context pairs replaced by `span_context`'s: what
+    `with_trace_context` sends when that span is current, written directly (no context to attach,
+    look up and detach per call). An invalid span context leaves `metadata` as it is."""
+    if not span_context.is_valid:
+        return tuple(metadata)
+    pairs = tuple(p for p in metadata if p[0] not in TRACE_KEYS) + (("traceparent", f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                                    f"{span_context.trace_flags:02x}"),)
+    if span_context.trace_state:
+        pairs += (("tracestate", span_context.trace_state.to_header()),)
+    return pairs
+
+
 def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
     """The remote parent context from gRPC invocation metadata (empty Context if none)."""
     carrier = {}
@@ -41,4 +56,4 @@ def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Conte
     return _PROPAGATOR.extract(carrier) if carrier else Context()
 
 
-__all__ = ["inject_metadata", "with_trace_context", "extract_context", "TRACE_KEYS"]
+__all__ = ["inject_metadata", "with_trace_context", "with_span_context", "extract_context", "TRACE_KEYS"]

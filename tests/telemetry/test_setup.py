@@ -55,6 +55,22 @@ def test_trace_context_round_trips_through_grpc_metadata():
     assert not trace.get_current_span(extract_context(None)).get_span_context().is_valid
 
 
+def test_span_context_metadata_is_what_the_propagator_sends():
+    from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from minimax_m1.telemetry.propagation import with_span_context
+
+    base = (("authorization", "Bearer k"), ("traceparent", "00-stale-stale-01"), ("tracestate", "old=1"))
+    contexts = [SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, TraceFlags(1)),
+                SpanContext(1, 2, False, TraceFlags(0)),  # unsampled: still propagated, flags 00
+                SpanContext((1 << 128) - 1, (1 << 64) - 1, True, TraceFlags(1), TraceState([("vendor", "v1"), ("b", "2")])),
+                INVALID_SPAN_CONTEXT]
+    for ctx in contexts:
+        expected = with_trace_context(base, trace.set_span_in_context(NonRecordingSpan(ctx)))
+        assert with_span_context(base, ctx) == expected, ctx
+    assert [k for k, _ in with_span_context(base, contexts[2])] == ["authorization", "traceparent", "tracestate"]
+
+
 def test_noop_until_set_up():
     install(None)
     assert not current().enabled
