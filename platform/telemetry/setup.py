@@ -36,6 +36,7 @@ class Telemetry:
     enabled: bool = True
     prometheus_port: int | None = None
     span_processors: tuple = ()  # the tracer provider's processors (FinishedSpans hands spans to them)
+    metric_readers: tuple = ()  # the meter provider's readers
     _http: Any = None  # (WSGIServer, thread) of the scrape endpoint
     _hooks: dict[str, Any] = field(default_factory=dict)  # per-component hook objects, built once
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -115,7 +116,8 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
 
     - OTLP/gRPC span and metric exporters when config.otlp_endpoint is set;
     - a Prometheus endpoint on config.prometheus_port when it is not None (its own registry, so
-      two telemetries in one process never mix series);
+      two telemetries in one process never mix series); with OTLP too, one metric reader serves
+      both (minimax_m1.telemetry.metric_reader);
     - extra span exporters and metric readers (tests pass in-memory ones). Spans go through a
       batch processor unless `simple_spans` (export at span end, for tests).
     """
@@ -127,23 +129,34 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
     readers = list(metric_readers)
-    http, port = None, None
+    http, port, registry = None, None, None
     if config.prometheus_port is not None:  # first: a taken port fails before anything else starts
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry()
-        readers.append(PrometheusMetricReader(registry=registry,
-                                              resource_attribute_filter=_PROMETHEUS_RESOURCE_LABELS.__contains__))
         http, port = _start_prometheus(config, registry)
         log.info("Prometheus metrics on %s:%d/metrics", config.prometheus_host, port)
-    resource = Resource.create(config.resource_attributes())
-    tracer_provider = TracerProvider(resource=resource)
     exporters = list(span_exporters)
+    metric_exporter = None
     if config.otlp_endpoint:
         span_exporter, metric_exporter = _otlp_exporters(config)
         exporters.append(span_exporter)
+    if registry is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        from minimax_m1.telemetry.metric_reader import PrometheusOtlpReader, shares_a_reader
+
+        prometheus = {"registry": registry, "resource_attribute_filter": _PROMETHEUS_RESOURCE_LABELS.__contains__}
+        if metric_exporter is not None and shares_a_reader(metric_exporter):
+            # one reader for both exports: every record is aggregated once, not once per export
+            readers.append(PrometheusOtlpReader(metric_exporter, config.metric_export_interval_ms, **prometheus))
+            metric_exporter = None
+        else:
+            readers.append(PrometheusMetricReader(**prometheus))
+    if metric_exporter is not None:
         readers.append(PeriodicExportingMetricReader(metric_exporter, config.metric_export_interval_ms))
+    resource = Resource.create(config.resource_attributes())
+    tracer_provider = TracerProvider(resource=resource)
     processors = tuple(SimpleSpanProcessor(e) if simple_spans else BatchSpanProcessor(e) for e in exporters)
     for processor in processors:
         tracer_provider.add_span_processor(processor)
@@ -151,7 +164,7 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
                  "always_on": AlwaysOnExemplarFilter}[config.exemplar_filter]()
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, exemplar_filter=exemplars)
     telemetry = Telemetry(config, tracer_provider, meter_provider, prometheus_port=port, span_processors=processors,
-                          _http=http)
+                          metric_readers=tuple(readers), _http=http)
     if install_as_current:
         install(telemetry)
         _set_otel_globals_once(telemetry)
