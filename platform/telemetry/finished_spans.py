@@ -34,11 +34,6 @@ class FinishedSpans:
         self._ids = getattr(provider, "id_generator", None)
         self._sampler = getattr(provider, "sampler", None)
         self._scope = InstrumentationScope(scope, telemetry.config.resource_attributes()["service.version"])
-        self._encode = None  # with an OTLP exporter that takes them, each span's protobuf bytes are made at emit
-        if any(getattr(getattr(p, "span_exporter", None), "pre_encoded_spans", False) for p in self._processors):
-            from minimax_m1.telemetry.otlp_spans import encode_span
-
-            self._encode = encode_span
 
     def start(self, parent: Context | None, name: str, kind: SpanKind,
               attributes: Mapping[str, Any]) -> tuple[SpanContext, SpanContext]:
@@ -71,8 +66,6 @@ class FinishedSpans:
                             resource=self._resource, attributes=attributes or {}, events=events, kind=kind,
                             instrumentation_scope=self._scope, start_time=start_ns, end_time=end_ns,
                             **({"status": status} if status is not None else {}))
-        if self._encode is not None:
-            span._otlp_span = self._encode(span)
         for processor in self._processors:
             processor.on_end(span)
 

@@ -158,10 +158,8 @@ def _link(link: Any) -> bytes:
     return b"".join(parts)
 
 
-def encode_span(span: Any) -> bytes:
-    """One Span message, fields in number order (as protobuf writes them). FinishedSpans stores it
-    on the spans it builds (`_otlp_span`), while their data is still in the CPU's caches; the
-    exporter, which runs seconds later on 512 of them at a time, then only joins bytes."""
+def _span(span: Any) -> bytes:
+    """Span, fields in number order (as protobuf writes them)."""
     ctx = span.context
     parent = span.parent
     parts = [b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big") + b"\x12\x08" + ctx.span_id.to_bytes(8, "big")]
@@ -249,8 +247,7 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
     resources: dict[int, tuple[Any, Any]] = {}
     for span in spans:
         scopes = _group(resources, span.resource, dict)
-        encoded = getattr(span, "_otlp_span", None) or encode_span(span)
-        _group(scopes, span.instrumentation_scope or None, list).append(_field(b"\x12", encoded))
+        _group(scopes, span.instrumentation_scope or None, list).append(_field(b"\x12", _span(span)))
     out = []
     seen = set()
     for resource, scopes in resources.values():
@@ -284,7 +281,6 @@ class OTLPSpanBytesExporter(OTLPSpanExporter):
     """OpenTelemetry's OTLP/gRPC span exporter, sending requests encoded by `encode_spans`."""
 
     raw = False  # set once the stub that takes bytes is in place
-    pre_encoded_spans = True  # uses the Span bytes FinishedSpans stores on its spans (encode_span)
 
     def _initialize_channel_and_stub(self):  # the exporter's hook: at start and on each reconnect
         super()._initialize_channel_and_stub()
@@ -295,4 +291,4 @@ class OTLPSpanBytesExporter(OTLPSpanExporter):
         return encode_spans(data) if self.raw else super()._translate_data(data)
 
 
-__all__ = ["OTLPSpanBytesExporter", "encode_spans", "encode_span"]
+__all__ = ["OTLPSpanBytesExporter", "encode_spans"]

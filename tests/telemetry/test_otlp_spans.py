@@ -137,29 +137,3 @@ def test_the_exporter_sends_the_encoded_bytes_to_a_real_receiver():
     assert got["request"].attributes == {"gen_ai.request.max_tokens": 32, "ratio": 0.5}
     assert got["engine.decode"].attributes == {"engine.decode_steps": 31}
     assert got["request"].resource["service.name"] == "minimax-m1-engine"
-
-
-def test_finished_spans_are_encoded_at_emit_as_the_reference():
-    """With the OTLP exporter, FinishedSpans stores each span's bytes when it builds it; the
-    exporter's request from those bytes is the reference encoder's."""
-    from minimax_m1.telemetry.finished_spans import FinishedSpans
-
-    memory = InMemorySpanExporter()
-    receiver = OtlpReceiver().start()
-    try:
-        tel = setup_telemetry(TelemetryConfig(service="engine", otlp_endpoint=receiver.endpoint, otlp_insecure=True),
-                              span_exporters=[memory], simple_spans=True, install_as_current=False)
-        spans = FinishedSpans(tel, "minimax_m1.engine")
-        remote = _ctx(0x0AF7651916CD43DD8448EB211C80319C, 0x1111, remote=True)
-        request = spans.child(remote)
-        spans.emit(spans.child(request), request, "engine.prefill", 10, 20, {"engine.chunk.tokens": 96, "engine.recompute": False})
-        spans.emit(request, remote, "text_completion demo", 5, 30, {"gen_ai.request.model": "demo"}, SpanKind.SERVER,
-                   (Event("gen_ai.first_token", {}, timestamp=21),), Status(StatusCode.ERROR, "x"))
-        tel.shutdown()
-        got = receiver.wait_for(lambda r: r.spans() if len(r.spans()) >= 2 else None, 10)
-    finally:
-        receiver.stop()
-    finished = memory.get_finished_spans()
-    assert len(finished) == 2 and all(isinstance(s._otlp_span, bytes) for s in finished)
-    _same(finished)
-    assert {s.name for s in got} == {"engine.prefill", "text_completion demo"}
