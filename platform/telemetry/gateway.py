@@ -74,7 +74,7 @@ class GatewayTelemetry:
         self._spans = FinishedSpans(telemetry, "minimax_m1.gateway")
         meter = telemetry.meter("minimax_m1.gateway")
         self._requests = names.create(meter, names.GATEWAY_REQUESTS)
-        self._duration = names.create(meter, names.RPC_DURATION)
+        self._duration = names.create(meter, names.RPC_DURATION, buffered=not self._attach)  # exemplars: in the call's context
         self._tokens = names.create(meter, names.GATEWAY_TOKENS)
         self._quota = names.create(meter, names.QUOTA_REJECTIONS)
         self._outbox: dict[str, tuple[float, int]] = {}  # hook -> (lag s, pending)

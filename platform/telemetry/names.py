@@ -97,13 +97,15 @@ RPC_METHOD = "rpc.method"
 RPC_STATUS = "rpc.response.status_code"  # the status code's name, e.g. RESOURCE_EXHAUSTED
 
 
-def create(meter, inst: Instrument, callbacks=None):
-    """Create `inst` on `meter` (observable kinds take callbacks). Counters are Tallies."""
+def create(meter, inst: Instrument, callbacks=None, buffered: bool = True):
+    """Create `inst` on `meter` (observable kinds take callbacks). Counters are Tallies; histograms
+    are BufferedHistograms unless `buffered` is False (exemplars need the record's own context)."""
     if inst.kind == "counter":
         return Tally(meter, inst)
     if inst.kind == "histogram":
-        return meter.create_histogram(inst.name, unit=inst.unit, description=inst.description,
+        hist = meter.create_histogram(inst.name, unit=inst.unit, description=inst.description,
                                       explicit_bucket_boundaries_advisory=inst.buckets)
+        return BufferedHistogram(meter, inst, hist) if buffered else hist
     if inst.kind == "gauge":
         return meter.create_observable_gauge(inst.name, callbacks=callbacks, unit=inst.unit, description=inst.description)
     if inst.kind == "observable_counter":
@@ -140,3 +142,40 @@ class Tally:
         with self._lock:
             items = list(self._sums.items())
         return [Observation(value, dict(key)) for key, value in items]
+
+
+class BufferedHistogram:
+    """An OpenTelemetry histogram whose records wait in a list and reach the SDK in batches: when
+    a metric reader collects (a callback of a hidden observable gauge, `<name>.flush`, which never
+    reports a point, hands them over first, so every collection sees every record) or when
+    MAX_PENDING are waiting. The SDK's record path (measurement object, exemplar filter, attribute
+    hashing, three locks) costs ~5 us hot, but ~15-25 us a record inside the engine and gateway under
+    load, where each request's few records find it cold; replayed in a batch it runs hot. A record
+    here is a list append. Use it only where records carry no exemplars (their trace context is
+    the recording call's, which a later flush does not have)."""
+
+    MAX_PENDING = 4096
+
+    def __init__(self, meter, inst: Instrument, histogram):
+        self._hist = histogram
+        self._pending: list[tuple[float, dict | None]] = []
+        self._lock = threading.Lock()
+        meter.create_observable_gauge(f"{inst.name}.flush", callbacks=[self._flush_for_collection],
+                                      description=f"(no data: hands buffered {inst.name} records to a collection)")
+
+    def record(self, amount: float, attributes: dict | None = None) -> None:
+        with self._lock:
+            self._pending.append((amount, attributes))
+            full = len(self._pending) >= self.MAX_PENDING
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for amount, attributes in pending:
+            self._hist.record(amount, attributes)
+
+    def _flush_for_collection(self, options):
+        self.flush()
+        return []
