@@ -177,27 +177,22 @@ class EngineTelemetry:
                 live = lives.get(seq.request_id)
                 if live is None:
                     continue
-                if n == 1 and live.decode_ns is not None:
-                    # most entries: the next step of a run of decode steps (decode_ns is set only by a
-                    # decode step and cleared by a preemption, so this is what the checks below find)
-                    live.decode_steps += 1
-                    live.total_decode_steps += 1
-                    if seq.finish_reason is not None:
-                        live.end_decode(ended_ns)
-                    continue
-                live.end_queue(started_ns)
-                start = seq.num_computed - n
-                if n > 1 or start < len(seq.prompt_ids):
-                    live.prefill_chunks += 1
-                    live.phases.append(("prefill", started_ns, ended_ns, {
-                        "engine.chunk.start": start, "engine.chunk.tokens": n, "engine.chunk.index": live.prefill_chunks,
-                        "engine.batch.sequences": len(batch.seqs), "engine.batch.tokens": batch.num_tokens,
-                        "engine.recompute": start < seq.num_counted and live.preemptions > 0}))
-                else:
-                    if live.decode_ns is None:
-                        live.decode_ns = started_ns
-                    live.decode_steps += 1
-                    live.total_decode_steps += 1
+                # The next step of a run of decode steps (most entries) skips the checks: decode_ns
+                # is set only by a decode step and cleared by a preemption.
+                if n != 1 or live.decode_ns is None:
+                    live.end_queue(started_ns)
+                    start = seq.num_computed - n
+                    if n > 1 or start < len(seq.prompt_ids):
+                        live.prefill_chunks += 1
+                        live.phases.append(("prefill", started_ns, ended_ns, {
+                            "engine.chunk.start": start, "engine.chunk.tokens": n,
+                            "engine.chunk.index": live.prefill_chunks, "engine.batch.sequences": len(batch.seqs),
+                            "engine.batch.tokens": batch.num_tokens,
+                            "engine.recompute": start < seq.num_counted and live.preemptions > 0}))
+                        continue  # (a prefill chunk never ends a run of decode steps: none is open)
+                    live.decode_ns = started_ns
+                live.decode_steps += 1
+                live.total_decode_steps += 1
                 if seq.finish_reason is not None:
                     live.end_decode(ended_ns)
 
