@@ -16,6 +16,7 @@ the message path (`OTLPSpanBytesExporter.raw` says which).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Mapping, Sequence
@@ -129,13 +130,8 @@ def _flags(parent: Any) -> bytes:
     return _fixed32(flags)
 
 
-_LOCAL_PARENT_FLAGS = b"\x85\x01" + _flags(None)  # Span.flags: tag (16, fixed32) and value
+_LOCAL_PARENT_FLAGS = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)  # Span.flags: tag (16, fixed32) and value
 _REMOTE_PARENT_FLAGS = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
-
-
-def _trace_state(state: Any) -> bytes:
-    text = ",".join(f"{k}={v}" for k, v in state.items()) if state is not None else ""
-    return _field(b"\x1a", text.encode()) if text else b""
 
 
 def _event(event: Any) -> bytes:
@@ -164,7 +160,7 @@ def _span(span: Any) -> bytes:
     parent = span.parent
     parts = [b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big") + b"\x12\x08" + ctx.span_id.to_bytes(8, "big")]
     if ctx.trace_state:
-        parts.append(_trace_state(ctx.trace_state))
+        parts.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode()))
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     name = span.name
@@ -177,16 +173,11 @@ def _span(span: Any) -> bytes:
     if end:
         parts.append(b"\x41" + _fixed64(end))
     parts += _attributes(b"\x4a", span.attributes)
-    if span.dropped_attributes:
-        parts.append(b"\x50" + _varint(span.dropped_attributes))
-    for event in span.events:
-        parts.append(_field(b"\x5a", _event(event)))
-    if span.dropped_events:
-        parts.append(b"\x60" + _varint(span.dropped_events))
-    for link in span.links:
-        parts.append(_field(b"\x6a", _link(link)))
-    if span.dropped_links:
-        parts.append(b"\x70" + _varint(span.dropped_links))
+    parts.append(_count(b"\x50", span.dropped_attributes))
+    parts += [_field(b"\x5a", _event(event)) for event in span.events]
+    parts.append(_count(b"\x60", span.dropped_events))
+    parts += [_field(b"\x6a", _link(link)) for link in span.links]
+    parts.append(_count(b"\x70", span.dropped_links))
     status = span.status
     if status is not None:  # Status { string message = 2; StatusCode code = 3 }
         code, desc = status.status_code.value, status.description
@@ -196,11 +187,13 @@ def _span(span: Any) -> bytes:
     return b"".join(parts)
 
 
+@functools.lru_cache(maxsize=64)  # a process has a handful of resources and scopes
 def _resource(resource: Any) -> bytes:
-    """ResourceSpans.resource (field 1, always present) and, after the scopes, its schema_url."""
+    """ResourceSpans.resource (field 1, always present)."""
     return _field(b"\x0a", b"".join(_attributes(b"\x0a", resource.attributes)))
 
 
+@functools.lru_cache(maxsize=64)
 def _scope(scope: Any) -> bytes:
     """ScopeSpans.scope (field 1, always present): InstrumentationScope { name 1, version 2, attributes 3 }."""
     if scope is None:
@@ -211,57 +204,39 @@ def _scope(scope: Any) -> bytes:
     return _field(b"\x0a", b"".join(body))
 
 
-class _Encoded:
-    """Encodings of resources and scopes, which a process has a handful of (bounded)."""
+class _Groups:
+    """Groups in order of first appearance, found by identity, else by equality: as OpenTelemetry's
+    encoder groups spans (resources and scopes are dict keys there, but a Resource's hash is a
+    JSON dump, too much to pay per span)."""
 
     def __init__(self):
-        self._cache: dict[tuple[int, Any], bytes] = {}
+        self.items: list[tuple[Any, Any]] = []  # (object, group)
+        self._by_id: dict[int, Any] = {}
 
-    def get(self, kind: int, obj: Any, encode) -> bytes:
-        key = (kind, obj)
-        out = self._cache.get(key)
-        if out is None:
-            out = encode(obj)
-            if len(self._cache) < 256:
-                self._cache[key] = out
-        return out
-
-
-_ENCODED = _Encoded()
-
-
-def _group(groups: dict[int, tuple[Any, Any]], obj: Any, new) -> Any:
-    """The group of `obj` in `groups` (id -> (object, group)): by identity, else by equality (as
-    OpenTelemetry's encoder groups: resources and scopes are dict keys there, whose hashes cost
-    a JSON dump per span), else a new one."""
-    found = groups.get(id(obj))
-    if found is None:
-        found = next(((o, g) for o, g in groups.values() if o == obj), None) or (obj, new())
-        groups[id(obj)] = found
-    return found[1]
+    def get(self, obj: Any, new) -> Any:
+        group = self._by_id.get(id(obj))
+        if group is None:
+            group = next((g for o, g in self.items if o == obj), None)
+            if group is None:
+                group = new()
+                self.items.append((obj, group))
+            self._by_id[id(obj)] = group
+        return group
 
 
 def encode_spans(spans: Sequence[Any]) -> bytes:
     """ExportTraceServiceRequest bytes for ReadableSpans, grouped by resource, then scope, in order
     of first appearance (as OpenTelemetry's encoder groups them)."""
-    resources: dict[int, tuple[Any, Any]] = {}
+    resources = _Groups()
     for span in spans:
-        scopes = _group(resources, span.resource, dict)
-        _group(scopes, span.instrumentation_scope or None, list).append(_field(b"\x12", _span(span)))
+        scopes = resources.get(span.resource, _Groups)
+        scopes.get(span.instrumentation_scope or None, list).append(_field(b"\x12", _span(span)))
     out = []
-    seen = set()
-    for resource, scopes in resources.values():
-        if id(scopes) in seen:  # an equal resource's entry
-            continue
-        seen.add(id(scopes))
-        body = [_ENCODED.get(0, resource, _resource)]
-        done = set()
-        for scope, encoded in scopes.values():
-            if id(encoded) in done:
-                continue
-            done.add(id(encoded))
+    for resource, scopes in resources.items:
+        body = [_resource(resource)]
+        for scope, encoded in scopes.items:
             schema = scope.schema_url if scope is not None else ""
-            body.append(_field(b"\x12", _ENCODED.get(1, scope, _scope) + b"".join(encoded)
+            body.append(_field(b"\x12", _scope(scope) + b"".join(encoded)
                                + (_field(b"\x1a", schema.encode()) if schema else b"")))
         if resource.schema_url:
             body.append(_field(b"\x1a", resource.schema_url.encode()))
