@@ -11,40 +11,35 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-_PROPAGATOR = TraceContextTextMapPropagator()  # stateless
+_PROPAGATOR = TraceContextTextMapPropagator()  # stateless; extracts (with_span_context writes)
 TRACE_KEYS = frozenset(_PROPAGATOR.fields)  # {"traceparent", "tracestate"}
+
+
+def with_span_context(metadata: Sequence[tuple[str, str]], span_context: SpanContext) -> tuple[tuple[str, str], ...]:
+    """`metadata` with any trace-context pairs replaced by `span_context`'s (what OpenTelemetry's
+    W3C propagator writes; tests compare). An invalid span context leaves `metadata` as it is."""
+    if not span_context.is_valid:
+        return tuple(metadata)
+    pairs = tuple(p for p in metadata if p[0] not in TRACE_KEYS)
+    pairs += (("traceparent", f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"),)
+    if span_context.trace_state:
+        pairs += (("tracestate", span_context.trace_state.to_header()),)
+    return pairs
+
+
+def with_trace_context(metadata: Sequence[tuple[str, str]] = (), context: Context | None = None) -> tuple[tuple[str, str], ...]:
+    """`metadata` with any trace-context pairs replaced by the current span's (that of `context`)."""
+    return with_span_context(metadata, trace.get_current_span(context).get_span_context())
 
 
 def inject_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
     """The trace-context metadata pairs for `context` (default: the current one)."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context)
-    return tuple(carrier.items())
-
-
-def with_trace_context(metadata: Sequence[tuple[str, str]] = (), context: Context | None = None) -> tuple[tuple[str, str], ...]:
-    """`metadata` with any trace-context pairs replaced by the current span's."""
-    injected = inject_metadata(context)
-    if not injected:
-        return tuple(metadata)
-    return tuple(p for p in metadata if p[0] not in TRACE_KEYS) + injected
-
-
-def with_span_context(metadata: Sequence[tuple[str, str]], span_context: SpanContext) -> tuple[tuple[str, str], ...]:
-    """`metadata` with any trace-context pairs replaced by `span_context`'s: what
-    `with_trace_context` sends when that span is current, written directly (no context to attach,
-    look up and detach per call). An invalid span context leaves `metadata` as it is."""
-    if not span_context.is_valid:
-        return tuple(metadata)
-    pairs = tuple(p for p in metadata if p[0] not in TRACE_KEYS) + (("traceparent", f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-                                    f"{span_context.trace_flags:02x}"),)
-    if span_context.trace_state:
-        pairs += (("tracestate", span_context.trace_state.to_header()),)
-    return pairs
+    return with_trace_context((), context)
 
 
 def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
