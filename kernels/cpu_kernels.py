@@ -2,7 +2,7 @@
 moe_experts_ref and route_topk_ref), the lightning attention recurrence (lightning_cpu.c,
 lightning_ref), RMSNorm (norm_cpu.c, rms_norm_ref) and paged decode attention (attention_cpu.c,
 attention_ref), for fp32 tensors on the CPU. Built into one library on first use with the
-machine's C compiler, cached, and called through ctypes, holding the GIL as torch's ops do (see
+machine's C compiler, cached, and called through ctypes, holding the GIL (torch's ops release it; see
 library()).
 
 Why: a small model's step is mostly the fixed cost of torch calls (~4 us each, whatever their
@@ -76,7 +76,7 @@ def library() -> ctypes.PyDLL | None:
     try:
         if not target.exists():
             _build(cc, target)
-        # PyDLL: the calls keep the GIL, as torch's ops do. Released, every kernel call let another
+        # PyDLL: the calls keep the GIL (torch's ops release it). Released, every kernel call let another
         # thread running Python (an exporter encoding spans) take the GIL, and the step loop waited
         # for it until that thread's switch interval (5 ms) ran out: with a thread doing 5% pure-
         # Python work beside the engine, throughput fell 8.3% released and 5.6% held (idle: equal).
@@ -222,5 +222,5 @@ def paged_decode_attention_cpu(q, k_pool, v_pool, tables, lengths) -> torch.Tens
     rc = lib.paged_decode_attention(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(),
                                     tables.shape[1], lengths.data_ptr(), b, h, hkv, d, bs, d ** -0.5, out.data_ptr())
     if rc != 0:
-        raise MemoryError("CPU decode attention kernel: out of memory for its score buffer")
+        raise MemoryError("CPU decode attention kernel: out of memory for its running-softmax buffer")
     return out
