@@ -173,11 +173,16 @@ def _span(span: Any) -> bytes:
     if end:
         parts.append(b"\x41" + _fixed64(end))
     parts += _attributes(b"\x4a", span.attributes)
-    parts.append(_count(b"\x50", span.dropped_attributes))
-    parts += [_field(b"\x5a", _event(event)) for event in span.events]
-    parts.append(_count(b"\x60", span.dropped_events))
-    parts += [_field(b"\x6a", _link(link)) for link in span.links]
-    parts.append(_count(b"\x70", span.dropped_links))
+    if span.dropped_attributes:  # (the counts are all but always 0: tested here, not appended as b"")
+        parts.append(_count(b"\x50", span.dropped_attributes))
+    for event in span.events:
+        parts.append(_field(b"\x5a", _event(event)))
+    if span.dropped_events:
+        parts.append(_count(b"\x60", span.dropped_events))
+    for link in span.links:
+        parts.append(_field(b"\x6a", _link(link)))
+    if span.dropped_links:
+        parts.append(_count(b"\x70", span.dropped_links))
     status = span.status
     if status is not None:  # Status { string message = 2; StatusCode code = 3 }
         code, desc = status.status_code.value, status.description
