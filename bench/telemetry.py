@@ -7,10 +7,10 @@ Two copies of the platform run as processes, as in a cluster: an engine (the Eng
 class on gRPC; in-process model instance) and a gateway (`python -m minimax_m1.gateway`, quotas and
 the SQLite ledger on, the billing outbox feeding the OpenTelemetry-metrics hook at the default
 0.2 s poll) in front of it.
-- "on": both with telemetry as deployed: spans through a batch processor to OTLP/gRPC (a real
-  receiver, tests/telemetry/otlp_receiver.py, in its own process, standing in for a collector on
-  another machine: it runs at nice 19 and its CPU is reported), metrics pushed over OTLP and
-  served on a Prometheus endpoint, with the OpenTelemetry default intervals (metrics every 10 s,
+- "on": both with telemetry as deployed: spans through the span sidecar (a child process of
+  each) to OTLP/gRPC (a real receiver, tests/telemetry/otlp_receiver.py, in its own process,
+  standing in for a collector on another machine: it runs at nice 19 and its CPU is reported),
+  metrics pushed over OTLP and served on a Prometheus endpoint, with the OpenTelemetry default intervals (metrics every 10 s,
   spans batched every 5 s) and a scrape every --scrape-interval seconds (the chart's monitors use
   30 s); expert load sampled as deployed (every 32nd step, MINIMAX_M1_EXPERT_LOAD_EVERY);
 - "off": the same processes without telemetry (no OTLP endpoint, no metrics port).
@@ -24,8 +24,9 @@ pair of processes is not enough. Reported: output tokens/s per round; the target
 figure, the median of the rounds' on / off ratios (each pairs two runs seconds apart, so drift
 slower than a round cancels; the quartiles show the spread), their geometric mean, the pooled
 ratio, and the ratio of the two medians; the
-CPU seconds the engine and gateway processes spent per 1000 output tokens on each side, whose
-inverse ratio is what a machine with idle cores would show.
+CPU seconds the engine and gateway processes (each with its children: the span sidecar that
+exports its spans) spent per 1000 output tokens on each side, whose inverse ratio is what a machine
+with idle cores would show.
 
 The model defaults to the demo model (what `minimax-m1 serve` runs). --hidden 64 builds a tiny
 random checkpoint instead, whose steps take a few milliseconds: telemetry's per-step and
@@ -80,9 +81,32 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _descendants(pid: int) -> list[int]:
+    """The process's children, grandchildren, ... (Linux /proc): the span sidecars."""
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        return out
+    return out + [d for c in out for d in _descendants(c)]
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its running descendants (the span sidecar counts as its parent's)."""
+    total = 0.0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            total += _proc_cpu_s(p)
+        except OSError:  # exited meanwhile
+            pass
+    return total
+
+
 def _cpu_s(platform: PlatformProcesses) -> list[float]:
-    """CPU seconds of each platform process so far (engine, gateway)."""
-    return [_proc_cpu_s(proc.pid) for proc in platform._procs]
+    """CPU seconds of each platform process so far, with its children (engine, gateway)."""
+    return [_tree_cpu_s(proc.pid) for proc in platform._procs]
 
 
 async def _round(platform: PlatformProcesses, duration: float, concurrency: int) -> tuple[float, list[float]]:

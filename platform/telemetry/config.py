@@ -16,6 +16,8 @@ Environment variables (the standard OpenTelemetry ones where they exist):
     MINIMAX_M1_TRACE_PROMPTS       "true" puts request input text on engine spans (off by default)
     MINIMAX_M1_EXPERT_LOAD_EVERY   collect expert routing every N engine steps (default 32; 1 = every
                                    step, exact; 0 = off). Sampled counts are scaled by N.
+    MINIMAX_M1_SPAN_SIDECAR        "false" exports spans from the serving process itself; by default a
+                                   child process encodes and sends them (span_sidecar.py)
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ ENV_METRICS_PORT = "MINIMAX_M1_METRICS_PORT"
 ENV_METRICS_HOST = "MINIMAX_M1_METRICS_HOST"
 ENV_TRACE_PROMPTS = "MINIMAX_M1_TRACE_PROMPTS"
 ENV_EXPERT_LOAD_EVERY = "MINIMAX_M1_EXPERT_LOAD_EVERY"
+ENV_SPAN_SIDECAR = "MINIMAX_M1_SPAN_SIDECAR"
 
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _version() -> str:
@@ -66,6 +70,7 @@ class TelemetryConfig:
     record_prompts: bool = False
     exemplar_filter: str = "always_off"  # one of EXEMPLAR_FILTERS
     expert_load_every: int = 32  # collecting routing costs the step a few percent on small models; 1 in 32 estimates it well
+    span_sidecar: bool = True  # OTLP span export from a child process (span_sidecar.py); False = in process
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -92,6 +97,9 @@ class TelemetryConfig:
         except ValueError as exc:
             raise ValueError(f"telemetry environment: {exc}") from None
         insecure = env.get(ENV_OTLP_INSECURE, "").strip().lower()
+        sidecar = env.get(ENV_SPAN_SIDECAR, "").strip().lower()
+        if sidecar and sidecar not in _TRUE + _FALSE:
+            raise ValueError(f"telemetry environment: {ENV_SPAN_SIDECAR} must be true or false, got {sidecar!r}")
         config = cls(
             service=service,
             service_name=env.get(ENV_SERVICE_NAME, ""),
@@ -105,6 +113,7 @@ class TelemetryConfig:
             record_prompts=env.get(ENV_TRACE_PROMPTS, "").strip().lower() in _TRUE,
             exemplar_filter=env.get(ENV_EXEMPLAR_FILTER, "").strip().lower() or "always_off",
             expert_load_every=every,
+            span_sidecar=sidecar not in _FALSE,
         )
         return replace(config, **overrides) if overrides else config
 

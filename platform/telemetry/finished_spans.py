@@ -12,7 +12,9 @@ and ending a live span through a tracer costs ~35 us (sampler, ids, attribute cl
 processor hooks) on the event loop, which shares the GIL with the step loop; a finished span built
 here costs ~3 us. `start` takes the same sampling decision as a tracer (the configured sampler,
 parent-based by default); children follow their parent's. The spans go to the same processors
-(batching, OTLP export, test exporters) as every other span.
+(batching, OTLP export, test exporters) as every other span; the span sidecar's processor takes
+each as a tuple of plain values (span_sidecar.py), so with only that processor, as deployed, no
+span object is built in this process at all.
 """
 from __future__ import annotations
 
@@ -25,15 +27,20 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status
 
+from minimax_m1.telemetry.span_sidecar import SidecarSpanProcessor, scope_record
+
 
 class FinishedSpans:
     def __init__(self, telemetry: Any, scope: str):
         provider = telemetry.tracer_provider
-        self._processors = tuple(telemetry.span_processors)
+        processors = tuple(telemetry.span_processors)
+        self._records = tuple(p for p in processors if isinstance(p, SidecarSpanProcessor))  # take tuples
+        self._processors = tuple(p for p in processors if not isinstance(p, SidecarSpanProcessor))  # ReadableSpans
         self._resource = getattr(provider, "resource", None)
         self._ids = getattr(provider, "id_generator", None)
         self._sampler = getattr(provider, "sampler", None)
         self._scope = InstrumentationScope(scope, telemetry.config.resource_attributes()["service.version"])
+        self._scope_record = scope_record(self._scope)
 
     def start(self, parent: Context | None, name: str, kind: SpanKind,
               attributes: Mapping[str, Any]) -> tuple[SpanContext, SpanContext]:
@@ -62,12 +69,24 @@ class FinishedSpans:
         """One finished span (nothing when `context` is not sampled)."""
         if not context.trace_flags.sampled:
             return
-        span = ReadableSpan(name, context=context, parent=parent if parent is not None and parent.is_valid else None,
-                            resource=self._resource, attributes=attributes or {}, events=events, kind=kind,
-                            instrumentation_scope=self._scope, start_time=start_ns, end_time=end_ns,
-                            **({"status": status} if status is not None else {}))
-        for processor in self._processors:
-            processor.on_end(span)
+        if self._records:
+            has_parent = parent is not None and parent.is_valid
+            record = (self._scope_record, context.trace_id, context.span_id, int(context.trace_flags),
+                      context.trace_state.to_header() if context.trace_state else "",
+                      parent.span_id if has_parent else 0, has_parent and parent.is_remote, name, kind.value,
+                      start_ns, end_ns, attributes or {},
+                      tuple((e.name, e.timestamp, dict(e.attributes) if e.attributes else {}, 0) for e in events)
+                      if events else (), (), status.status_code.value if status is not None else 0,
+                      (status.description or "") if status is not None else "", 0, 0, 0)
+            for processor in self._records:
+                processor.emit(record)
+        if self._processors:
+            span = ReadableSpan(name, context=context, parent=parent if parent is not None and parent.is_valid else None,
+                                resource=self._resource, attributes=attributes or {}, events=events, kind=kind,
+                                instrumentation_scope=self._scope, start_time=start_ns, end_time=end_ns,
+                                **({"status": status} if status is not None else {}))
+            for processor in self._processors:
+                processor.on_end(span)
 
 
 __all__ = ["FinishedSpans"]

@@ -92,15 +92,25 @@ def install(telemetry: Telemetry | None) -> None:
     _installed[0] = telemetry or _NOOP
 
 
-def _otlp_exporters(config: TelemetryConfig):
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-    from minimax_m1.telemetry.otlp_spans import OTLPSpanBytesExporter
-
+def _otlp_kwargs(config: TelemetryConfig) -> dict[str, Any]:
     kw: dict[str, Any] = {"endpoint": config.otlp_endpoint}
     if config.otlp_insecure is not None:
         kw["insecure"] = config.otlp_insecure
-    return OTLPSpanBytesExporter(**kw), OTLPMetricExporter(**kw)
+    return kw
+
+
+def _otlp_span_processor(config: TelemetryConfig, resource: Any, simple: bool):
+    """Spans to OTLP: through the span sidecar (a child process) as deployed, else in process."""
+    if config.span_sidecar and not simple:
+        from minimax_m1.telemetry.span_sidecar import SidecarSpanProcessor
+
+        return SidecarSpanProcessor(resource, config.otlp_endpoint, config.otlp_insecure)
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    from minimax_m1.telemetry.otlp_spans import OTLPSpanBytesExporter
+
+    exporter = OTLPSpanBytesExporter(**_otlp_kwargs(config))
+    return SimpleSpanProcessor(exporter) if simple else BatchSpanProcessor(exporter)
 
 
 def _start_prometheus(config: TelemetryConfig, registry) -> tuple[Any, int]:
@@ -114,7 +124,8 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
                     simple_spans: bool = False, install_as_current: bool = True) -> Telemetry:
     """Build the providers for this process from `config`.
 
-    - OTLP/gRPC span and metric exporters when config.otlp_endpoint is set;
+    - OTLP/gRPC span and metric exporters when config.otlp_endpoint is set (spans from a child
+      process unless config.span_sidecar is off: minimax_m1.telemetry.span_sidecar);
     - a Prometheus endpoint on config.prometheus_port when it is not None (its own registry, so
       two telemetries in one process never mix series); with OTLP too, one metric reader serves
       both (minimax_m1.telemetry.metric_reader);
@@ -136,11 +147,11 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
         registry = CollectorRegistry()
         http, port = _start_prometheus(config, registry)
         log.info("Prometheus metrics on %s:%d/metrics", config.prometheus_host, port)
-    exporters = list(span_exporters)
     metric_exporter = None
     if config.otlp_endpoint:
-        span_exporter, metric_exporter = _otlp_exporters(config)
-        exporters.append(span_exporter)
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        metric_exporter = OTLPMetricExporter(**_otlp_kwargs(config))
     if registry is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
@@ -157,7 +168,10 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
         readers.append(PeriodicExportingMetricReader(metric_exporter, config.metric_export_interval_ms))
     resource = Resource.create(config.resource_attributes())
     tracer_provider = TracerProvider(resource=resource)
-    processors = tuple(SimpleSpanProcessor(e) if simple_spans else BatchSpanProcessor(e) for e in exporters)
+    processors = [SimpleSpanProcessor(e) if simple_spans else BatchSpanProcessor(e) for e in span_exporters]
+    if config.otlp_endpoint:
+        processors.append(_otlp_span_processor(config, resource, simple_spans))
+    processors = tuple(processors)
     for processor in processors:
         tracer_provider.add_span_processor(processor)
     exemplars = {"always_off": AlwaysOffExemplarFilter, "trace_based": TraceBasedExemplarFilter,

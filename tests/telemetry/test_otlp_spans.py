@@ -118,8 +118,8 @@ def test_a_value_otlp_cannot_carry_is_left_out_like_the_reference(caplog):
 def test_the_exporter_sends_the_encoded_bytes_to_a_real_receiver():
     receiver = OtlpReceiver().start()
     try:
-        tel = setup_telemetry(TelemetryConfig(service="engine", otlp_endpoint=receiver.endpoint, otlp_insecure=True),
-                              install_as_current=False)
+        tel = setup_telemetry(TelemetryConfig(service="engine", otlp_endpoint=receiver.endpoint, otlp_insecure=True,
+                                              span_sidecar=False), install_as_current=False)
         exporter = next(p.span_exporter for p in tel.span_processors)
         assert isinstance(exporter, OTLPSpanBytesExporter) and exporter.raw, "the byte-sending stub is in place"
         tracer = tel.tracer("minimax_m1.engine")
