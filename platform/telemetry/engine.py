@@ -45,11 +45,12 @@ from minimax_m1.telemetry.setup import Telemetry, current
 _IMBALANCE_DECAY = 0.98  # per sampled step: the imbalance gauge looks at roughly the last 50 steps
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Live:
     """One request's timeline while it runs. The loop thread only appends plain tuples here (span
     objects cost the step loop, the engine's critical path); the event loop turns them, and the
-    request, into spans when the request ends. Shared under the EngineTelemetry lock."""
+    request, into spans when the request ends. The loop thread writes it while it is in
+    EngineTelemetry._live; the event loop takes it out first (EngineTelemetry._take)."""
 
     context: Any  # SpanContext of the request span (its flags say whether the sampler kept it)
     parent: Any  # SpanContext of the caller's span (from the traceparent), or an invalid one
@@ -60,7 +61,7 @@ class _Live:
     requeued: bool = False
     decode_ns: int | None = None  # the current run of decode steps began
     decode_steps: int = 0  # in the current run
-    total_decode_steps: int = 0
+    total_decode_steps: int = 0  # in the runs that ended
     prefill_chunks: int = 0
     preemptions: int = 0
     # ("queue", start, end, requeued) | ("prefill", start, end, attrs) | ("decode", start, end, steps)
@@ -76,6 +77,7 @@ class _Live:
     def end_decode(self, at_ns: int) -> None:
         if self.decode_ns is not None:
             self.phases.append(("decode", self.decode_ns, at_ns, self.decode_steps))
+            self.total_decode_steps += self.decode_steps
             self.decode_ns, self.decode_steps = None, 0
 
 
@@ -134,8 +136,9 @@ class EngineTelemetry:
         self._every = config.expert_load_every if self.enabled else 0
         self._step_no = 0
         self._sampled = False  # this step's expert counts feed the load metrics
-        self._lock = threading.Lock()
-        self._live: dict[str, _Live] = {}
+        self._load_lock = threading.Lock()  # the load tensors: the loop thread and metric collections
+        self._live: dict[str, _Live] = {}  # set and popped by the event loop, read by the loop thread
+        self._in_step = 0  # odd while the loop thread is inside on_step (see _take)
         self._load = torch.zeros(num_layers, num_experts, dtype=torch.int64)  # [L, E] since start
         self._recent = torch.zeros(num_layers, num_experts, dtype=torch.float64)  # [L, E] decayed
         metrics.restarts.add(0, {**self.attributes, "reason": "none"})  # the series exists from the start
@@ -156,14 +159,16 @@ class EngineTelemetry:
         ended_ns = time.time_ns()
         if expert_counts is not None and self._sampled:
             step = expert_counts.sum(0)  # [L, E]
-            with self._lock:
+            with self._load_lock:
                 self._load.add_(step, alpha=self._every)
                 self._recent.mul_(_IMBALANCE_DECAY).add_(step)
         if not self._live:
             return
-        with self._lock:
+        self._in_step += 1  # no lock per step: the event loop waits for this step instead (_take)
+        try:
+            lives = self._live
             for seq in batch.preempted:
-                live = self._live.get(seq.request_id)
+                live = lives.get(seq.request_id)
                 if live is None:
                     continue
                 live.preemptions += 1
@@ -172,7 +177,6 @@ class EngineTelemetry:
                 live.end_decode(started_ns)
                 if live.queued_ns is None:
                     live.queued_ns, live.requeued = started_ns, True
-            lives = self._live
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
                 live = lives.get(seq.request_id)
                 if live is None:
@@ -192,9 +196,10 @@ class EngineTelemetry:
                         continue  # (a prefill chunk never ends a run of decode steps: none is open)
                     live.decode_ns = started_ns
                 live.decode_steps += 1
-                live.total_decode_steps += 1
                 if seq.finish_reason is not None:
                     live.end_decode(ended_ns)
+        finally:
+            self._in_step += 1
 
     def on_instance_failure(self, exc: BaseException) -> None:
         self._m.restarts.add(1, {**self.attributes, "reason": type(exc).__name__})
@@ -221,18 +226,26 @@ class EngineTelemetry:
         name = f"{names.OPERATION_VALUE} {self.model_name}"
         now = time.time_ns()
         live = _Live(*m.spans.start(parent, name, SpanKind.SERVER, attrs), name, now, attrs, queued_ns=now)
-        with self._lock:
-            self._live[engine_request_id] = live
+        self._live[engine_request_id] = live  # one dict store: atomic under the GIL
         return RequestTrace(self, live, engine_request_id)
+
+    def _take(self, engine_request_id: str) -> None:
+        """Out of the loop thread's reach: after the pop no step finds the request, and a step that
+        found it before is inside on_step now (it counted in first) and ends within microseconds:
+        wait for it. The loop thread never waits for the event loop, so this cannot deadlock."""
+        self._live.pop(engine_request_id, None)
+        mark = self._in_step
+        if mark % 2:
+            while self._in_step == mark:
+                time.sleep(0)  # hands the GIL to the loop thread
 
     def _finish(self, live: _Live, engine_request_id: str, started: float, first: float | None,
                 last: Any, error: BaseException | None, finish_ns: int) -> None:
         m = self._m
         ended = time.perf_counter()
-        with self._lock:
-            self._live.pop(engine_request_id, None)
-            live.end_queue(finish_ns)
-            live.end_decode(finish_ns)
+        self._take(engine_request_id)
+        live.end_queue(finish_ns)
+        live.end_decode(finish_ns)
         error_type = _error_type(error)
         attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": live.total_decode_steps,
                                  "engine.preemptions": live.preemptions}
@@ -279,11 +292,11 @@ class EngineTelemetry:
 
     # -- readings for the observable instruments -------------------------------------------------
     def expert_load(self) -> list[list[int]]:
-        with self._lock:
+        with self._load_lock:
             return self._load.tolist()
 
     def imbalance(self) -> list[float]:
-        with self._lock:
+        with self._load_lock:
             recent = self._recent.clone()
         mean = recent.mean(dim=1)  # [L]
         ratio = recent.max(dim=1).values / mean.clamp_min(1e-12)

@@ -109,3 +109,29 @@ def test_imbalance_is_max_over_mean_per_layer(parts):
         assert load[(0, 0)] == 10 and load[(1, 5)] == 2 and load[(2, 3)] == 2 and load[(2, 20)] == 0
     finally:
         mt.telemetry.shutdown()
+
+
+def test_ending_a_request_waits_for_a_step_that_is_noting_it(parts):
+    """The step loop notes a step without a lock; the event loop, ending a request, takes it out of
+    the step loop's reach and waits while a step is inside on_step (its count is odd)."""
+    import threading
+    import time
+
+    mt = make_memory_telemetry()
+    try:
+        engine = make_engine(parts)
+        tel = instrument_engine(_Loop(engine), "tiny", mt.telemetry)
+        tel._live["r"] = object()
+        tel._in_step += 1  # a step is inside on_step
+        left = []
+        threading.Timer(0.2, lambda: (left.append(time.monotonic()), setattr(tel, "_in_step", tel._in_step + 1))).start()
+        tel._take("r")
+        returned = time.monotonic()
+        assert left and returned >= left[0], "it returned only after the step left on_step"
+        assert "r" not in tel._live
+        taker = threading.Thread(target=tel._take, args=("absent",))  # no step inside: no wait
+        taker.start()
+        taker.join(10)
+        assert not taker.is_alive()
+    finally:
+        mt.telemetry.shutdown()
