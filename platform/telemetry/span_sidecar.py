@@ -9,12 +9,16 @@ Why: the engine process is GIL-bound under load. Its step loop, the critical pat
 for every Python line, and so does every other thread of the process: building ReadableSpans,
 encoding them and driving the gRPC export there took the GIL from the step loop for every span.
 Here the serving process only appends each finished span, as a tuple of plain values (`record`),
-to a queue; a writer thread marshals the queue every 0.2 s (one C call per batch of up to 512 spans)
-into the stdin of a child process, `python -m minimax_m1.telemetry.span_sidecar`, which builds the
-ReadableSpans and exports them through OpenTelemetry's batch span processor and OTLP/gRPC exporter
-(OTLPSpanBytesExporter). The child inherits the environment, so OTEL_EXPORTER_OTLP_* (headers,
-certificates, compression, timeout) and OTEL_BSP_* apply there as they would in process; the
-endpoint, TLS choice and resource come from the parent. Its CPU is the pod's like any other.
+to a queue. A writer thread batches the queue as OpenTelemetry's batch span processor does (a batch
+when OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans wait, default 512, or every OTEL_BSP_SCHEDULE_DELAY ms,
+default 5000) and marshals each batch (one C call) into the stdin of a child process,
+`python -m minimax_m1.telemetry.span_sidecar`. The child builds the ReadableSpans and exports each
+batch in turn with OpenTelemetry's OTLP/gRPC exporter (OTLPSpanBytesExporter): while it exports,
+it reads no more, the pipe fills and the writer waits, so a slow collector backs up into the
+serving process's queue, which drops and counts (nothing is dropped unseen in between). The child
+inherits the environment: OTEL_EXPORTER_OTLP_* (headers, certificates, compression, timeout) apply
+there as they would in process; the endpoint, TLS choice and resource come from the parent. It
+takes ~45 MB and its CPU is the pod's like any other.
 
 Failures:
 - queue full (OTEL_BSP_MAX_QUEUE_SIZE spans waiting, default 2048): new spans are dropped and
@@ -50,8 +54,6 @@ log = logging.getLogger(__name__)
 
 _VERSION = 1
 _HEADER = struct.Struct("<I")  # frame: little-endian length, then marshal data
-_FRAME_SPANS = 512  # spans per frame at most
-_SEND_EVERY_S = 0.2
 _RESTART_FIRST_S, _RESTART_MAX_S = 1.0, 300.0
 _WARN_EVERY_S = 60.0
 
@@ -106,8 +108,10 @@ class SidecarSpanProcessor(SpanProcessor):
                  max_queue_size: int | None = None, command: Sequence[str] | None = None):
         self._hello = ("hello", _VERSION, _attrs(resource.attributes), resource.schema_url or "", endpoint, insecure)
         self._command = list(command or (sys.executable, "-m", "minimax_m1.telemetry.span_sidecar"))
-        size = max_queue_size or int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "") or 2048)
-        self._max_queue = max(size, 1)
+        env = os.environ
+        self._max_queue = max(max_queue_size or int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "") or 2048), 1)
+        self._batch = max(int(env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "") or 512), 1)
+        self._delay_s = max(int(env.get("OTEL_BSP_SCHEDULE_DELAY", "") or 5000), 1) / 1000
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._write_lock = threading.Lock()  # frames are written whole, by one thread at a time
@@ -140,7 +144,7 @@ class SidecarSpanProcessor(SpanProcessor):
             self._lose(1, "the span queue is full" if not self._closed else "the processor is shut down")
             return
         queue.append(record)
-        if len(queue) == _FRAME_SPANS:
+        if len(queue) == self._batch:
             self._wake.set()
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
@@ -153,24 +157,31 @@ class SidecarSpanProcessor(SpanProcessor):
     # -- the writer ------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(_SEND_EVERY_S)
+            self._wake.wait(self._delay_s)
             self._wake.clear()
             try:
                 self._send_queued()
             except Exception:  # never let the writer die: spans would pile up unseen
                 log.exception("span sidecar: sending spans failed")
 
-    def _send_queued(self) -> None:
-        with self._write_lock:
+    def _send_queued(self, timeout_s: float = -1) -> bool:
+        """Send every queued span, a batch a frame; False if the write lock was not had in time (a
+        child still exporting a full pipe's worth)."""
+        if not self._write_lock.acquire(timeout=timeout_s):
+            return False
+        try:
             queue = self._queue
             while queue:
-                batch = [queue.popleft() for _ in range(min(len(queue), _FRAME_SPANS))]
+                batch = [queue.popleft() for _ in range(min(len(queue), self._batch))]
                 try:
                     frame = _frame(("spans", batch))
                 except ValueError:  # a value marshal cannot carry: find it, send the rest
                     batch = [r for r in batch if self._marshals(r)]
                     frame = _frame(("spans", batch))
                 self._write(frame, len(batch))
+            return True
+        finally:
+            self._write_lock.release()
 
     def _marshals(self, record: tuple) -> bool:
         try:
@@ -238,15 +249,24 @@ class SidecarSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Send every queued span and wait until the child has exported them (True) or the time is up."""
         deadline = time.monotonic() + timeout_millis / 1000
-        with self._flush_lock:
-            self._send_queued()
-            with self._write_lock:
+        if not self._flush_lock.acquire(timeout=timeout_millis / 1000):
+            return False
+        try:
+            if not self._send_queued(max(deadline - time.monotonic(), 0)):
+                return False
+            if not self._write_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+                return False
+            try:
                 self._token += 1
                 token = self._token
-                if not self._write(_frame(("flush", token, max(int(timeout_millis), 1))), 0):
+                if not self._write(_frame(("flush", token)), 0):
                     return False
                 child = self._child
+            finally:
+                self._write_lock.release()
             return self._await_ack(child, token, deadline)
+        finally:
+            self._flush_lock.release()
 
     def _await_ack(self, child: subprocess.Popen, token: int, deadline: float) -> bool:
         fd = child.stdout.fileno()
@@ -268,18 +288,18 @@ class SidecarSpanProcessor(SpanProcessor):
                 self._acks += chunk
 
     def shutdown(self) -> None:
-        """Send what is queued, close the child's input and wait for it to export and exit (30 s)."""
+        """Send what is queued, close the child's input and wait for it to export and exit (30 s;
+        then it is killed, and what it had not exported is lost)."""
         if self._closed:
             return
         self._closed = True
         self._wake.set()
         self._thread.join(10)
-        try:
-            self._send_queued()
-        finally:
-            with self._write_lock:
-                self._finished = True
-                child, self._child = self._child, None
+        if not self._send_queued(10):
+            self._lose(len(self._queue), "the span export process is stuck")
+        with self._write_lock:
+            self._finished = True
+            child, self._child = self._child, None
         if child is None:
             return
         try:
@@ -366,13 +386,14 @@ class _Rebuilder:
 
 
 def main() -> int:
-    """The child: read frames from stdin until its end, export the spans, answer flushes on stdout."""
+    """The child: read frames from stdin until its end, export each batch of spans in turn, answer
+    flushes on stdout (every batch before a flush is exported by then)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the parent's end (end of input) ends this process
     logging.basicConfig(level=os.environ.get("MINIMAX_M1_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s span-sidecar %(name)s: %(message)s")
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export import SpanExportResult
 
     from minimax_m1.telemetry.otlp_spans import OTLPSpanBytesExporter
 
@@ -385,22 +406,27 @@ def main() -> int:
     kw: dict[str, Any] = {"endpoint": endpoint}
     if insecure is not None:
         kw["insecure"] = insecure
-    processor = BatchSpanProcessor(OTLPSpanBytesExporter(**kw))
+    exporter = OTLPSpanBytesExporter(**kw)
     rebuild = _Rebuilder(Resource(resource_attributes, schema_url or None))
+    failed = False  # an export since the last flush failed: the flush answers 0
     try:
         while (message := _read_frame(stdin)) is not None:
             if message[0] == "spans":
+                spans = []
                 for record in message[1]:
                     try:
-                        processor.on_end(rebuild.span(record))
+                        spans.append(rebuild.span(record))
                     except Exception:
                         log.exception("span sidecar: a malformed span record was dropped")
+                # retries within OTEL_EXPORTER_OTLP_TIMEOUT (default 10 s); logs a failure
+                if spans and exporter.export(spans) is not SpanExportResult.SUCCESS:
+                    failed = True
             elif message[0] == "flush":
-                ok = processor.force_flush(message[2])
-                stdout.write(b"flushed %d %d\n" % (message[1], 1 if ok else 0))
+                stdout.write(b"flushed %d %d\n" % (message[1], 0 if failed else 1))
                 stdout.flush()
+                failed = False
     finally:
-        processor.shutdown()
+        exporter.shutdown()
     return 0
 
 

@@ -5,6 +5,7 @@
     receiver.spans()                      # [ReceivedSpan], every span of every Export call so far
     receiver.metric_names()               # {(service.name, metric name)}
     receiver.wait_for(lambda r: ..., timeout_s)
+    receiver.gate = threading.Event()     # span exports wait until gate.set(): a slow collector
     receiver.stop()
 """
 from __future__ import annotations
@@ -48,6 +49,8 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
         self.receiver = receiver
 
     def Export(self, request, context):
+        if self.receiver.gate is not None:
+            self.receiver.gate.wait()  # a slow collector, for tests
         with self.receiver.lock:
             self.receiver.trace_requests.append(request)
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -68,6 +71,7 @@ class OtlpReceiver:
         self.lock = threading.Lock()
         self.trace_requests: list = []
         self.metric_requests: list = []
+        self.gate: threading.Event | None = None  # when set to an Event, span exports wait for it
         self.port = 0
         self._server: grpc.Server | None = None
 

@@ -267,3 +267,37 @@ def test_a_child_that_cannot_start_is_retried_later(receiver, caplog):
         assert sidecar.force_flush(500) is False and sidecar.dropped >= 1
     finally:
         sidecar.shutdown()
+
+
+def test_a_slow_collector_backs_up_into_the_counted_queue(receiver, monkeypatch):
+    """The child exports a batch at a time and reads no more meanwhile: with the collector stalled,
+    the pipe fills, the writer waits and the serving process's queue drops and counts. Every span is
+    either received or counted dropped, none lost unseen."""
+    import threading
+
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "50")
+    receiver.gate = threading.Event()
+    sidecar = SidecarSpanProcessor(RESOURCE, receiver.endpoint, insecure=True, max_queue_size=100)
+    try:
+        for i in range(3000):
+            sidecar.on_end(_span(name=f"s{i}", attributes={"pad": "x" * 100}))
+            if i % 50 == 0:
+                time.sleep(0.001)  # let the writer fill the pipe
+        assert sidecar.dropped > 0, "the stalled collector made the queue overflow"
+        receiver.gate.set()
+        assert sidecar.force_flush(30_000)
+        assert len(receiver.spans()) + sidecar.dropped == 3000
+    finally:
+        receiver.gate.set()
+        sidecar.shutdown()
+
+
+def test_a_flush_after_a_failed_export_says_so(monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # the child's exporter gives up after 1 s
+    sidecar = SidecarSpanProcessor(RESOURCE, "http://127.0.0.1:9", insecure=True)  # nothing listens there
+    try:
+        sidecar.on_end(_span(name="unsent"))
+        assert sidecar.force_flush(60_000) is False, "the export failed and the flush says so"
+        assert sidecar.force_flush(10_000) is True, "nothing failed since"
+    finally:
+        sidecar.shutdown()
