@@ -18,15 +18,17 @@ The load is --concurrency streaming callers (this process), 32 output tokens per
 twice the engine's batch, so the engine is saturated and the figure is its throughput, not the
 callers' round trips. It runs in rounds of --duration seconds; each round runs both sides back to
 back, in alternating order (off-on, on-off, ...). Each of --instances starts both sides' processes
-afresh: two identical engine processes, both without telemetry, measured 4% apart for their whole
-lives on this machine (an A/A test; memory placement), as much as the effect measured here, so one
-pair of processes is not enough. Reported: output tokens/s per round; the target
-figure, the median of the rounds' on / off ratios (each pairs two runs seconds apart, so drift
-slower than a round cancels; the quartiles show the spread), their geometric mean, the pooled
-ratio, and the ratio of the two medians; the
-CPU seconds the engine and gateway processes (each with its children: the span sidecar that
-exports its spans) spent per 1000 output tokens on each side, whose inverse ratio is what a machine
-with idle cores would show.
+afresh (which side starts first alternates too): two identical engine processes, both without
+telemetry, measured 4% apart for their whole lives on this machine (an A/A test; memory
+placement), as much as the effect measured here, so one pair of processes is not enough.
+Reported: output tokens/s per round; the target figure, the median of the rounds' on / off ratios
+(each pairs two runs seconds apart, so drift slower than a round cancels; the quartiles show the
+spread), their geometric mean, the pooled ratio, and the ratio of the two medians; the standard
+deviations of the paired log ratios within an instance and between instances, and the standard
+error of their mean (how far a run's figure can be from the truth); the CPU seconds the engine
+and gateway processes (each with its children: the span sidecar that exports its spans) spent per
+1000 output tokens on each side, whose inverse ratio is what a machine with idle cores would
+show; and the host's CPU steal time during the run.
 
 The model defaults to the demo model (what `minimax-m1 serve` runs). --hidden 64 builds a tiny
 random checkpoint instead, whose steps take a few milliseconds: telemetry's per-step and
@@ -79,6 +81,25 @@ def _proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _host_cpu() -> list[int]:
+    """The host's CPU time counters (Linux /proc/stat: user nice system idle iowait irq softirq steal ...)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def _noise(ratios: list[float], rounds: int) -> tuple[float, float, float]:
+    """(sd of the paired log ratios within an instance, sd between instances' means, standard error
+    of the mean log ratio) for ratios in instance order, `rounds` per instance."""
+    logs = [math.log(r) for r in ratios]
+    groups = [logs[i:i + rounds] for i in range(0, len(logs), rounds)]
+    if rounds < 2 or len(groups) < 2:
+        return float("nan"), float("nan"), float("nan")
+    within = statistics.fmean(statistics.variance(g) for g in groups)
+    between = max(statistics.variance(statistics.fmean(g) for g in groups) - within / rounds, 0.0)
+    se = math.sqrt(within / len(logs) + between / len(groups))
+    return math.sqrt(within), math.sqrt(between), se
 
 
 def _descendants(pid: int) -> list[int]:
@@ -178,6 +199,7 @@ def main() -> int:
         results: dict[str, list[float]] = {"off": [], "on": []}
         cpu: dict[str, list[list[float]]] = {"off": [], "on": []}
         receiver_cpu0 = _proc_cpu_s(receiver.pid)
+        host0 = _host_cpu()
         scrapes = 0
         try:
             for instance in range(args.instances):
@@ -189,8 +211,10 @@ def main() -> int:
                                         fast_export=False)
                 os.makedirs(on.tmp), os.makedirs(off.tmp)
                 try:
-                    on.start()
-                    off.start()
+                    # which side starts first alternates too (a process started second finds the
+                    # first one's memory in use)
+                    for platform in ((on, off) if instance % 2 == 0 else (off, on)):
+                        platform.start()
                     with Scraper([on.gateway_metrics_port, on.engine_metrics_port], args.scrape_interval) as scraper:
                         for r in range(args.rounds):
                             sides = (("off", off), ("on", on)) if r % 2 == 0 else (("on", on), ("off", off))
@@ -206,6 +230,7 @@ def main() -> int:
                     on.stop()
                     off.stop()
             receiver_cpu = _proc_cpu_s(receiver.pid) - receiver_cpu0
+            host = [b - a for a, b in zip(host0, _host_cpu())]
         finally:
             receiver.terminate()
             received = receiver.stdout.read().strip()
@@ -232,6 +257,10 @@ def main() -> int:
     pooled = sum(results["on"]) / sum(results["off"])
     print(f"ratio on / off, geometric mean of the rounds' ratios: {geomean:.3f}; pooled (all on tokens / all off "
           f"tokens, equal round lengths): {pooled:.3f}")
+    within, between, se = _noise([a / b for a, b in zip(results["on"], results["off"])], args.rounds)
+    steal = host[7] / max(sum(host[:8]), 1) if len(host) > 7 else float("nan")
+    print(f"noise: paired log ratios vary by {within:.3f} (sd) within an instance and {between:.3f} between "
+          f"instances; standard error of the mean ratio ~{se:.3f}; host CPU steal during the run {100 * steal:.1f}%")
     print(f"ratio on / off, median of the {len(paired)} rounds' ratios: {paired_med:.3f} (quartiles {q1:.3f} - {q3:.3f}) "
           f"(target >= 0.97) {'PASS' if paired_med >= 0.97 else 'BELOW TARGET'}")
     return 0
