@@ -96,6 +96,17 @@ def span_record(span: Any) -> tuple:
             span.dropped_attributes, span.dropped_events, span.dropped_links)
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    try:
+        value = int(text) if text else default
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {text!r}")
+    return value
+
+
 def _frame(message: Any) -> bytes:
     data = marshal.dumps(message)
     return _HEADER.pack(len(data)) + data
@@ -108,10 +119,9 @@ class SidecarSpanProcessor(SpanProcessor):
                  max_queue_size: int | None = None, command: Sequence[str] | None = None):
         self._hello = ("hello", _VERSION, _attrs(resource.attributes), resource.schema_url or "", endpoint, insecure)
         self._command = list(command or (sys.executable, "-m", "minimax_m1.telemetry.span_sidecar"))
-        env = os.environ
-        self._max_queue = max(max_queue_size or int(env.get("OTEL_BSP_MAX_QUEUE_SIZE", "") or 2048), 1)
-        self._batch = max(int(env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "") or 512), 1)
-        self._delay_s = max(int(env.get("OTEL_BSP_SCHEDULE_DELAY", "") or 5000), 1) / 1000
+        self._max_queue = max_queue_size or _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        self._batch = _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
+        self._delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._write_lock = threading.Lock()  # frames are written whole, by one thread at a time

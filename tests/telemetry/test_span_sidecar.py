@@ -301,3 +301,10 @@ def test_a_flush_after_a_failed_export_says_so(monkeypatch):
         assert sidecar.force_flush(10_000) is True, "nothing failed since"
     finally:
         sidecar.shutdown()
+
+
+@pytest.mark.parametrize("name, value", [("OTEL_BSP_SCHEDULE_DELAY", "soon"), ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0")])
+def test_a_bad_batch_setting_is_a_clear_error(receiver, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer, got '{value}'"):
+        SidecarSpanProcessor(RESOURCE, receiver.endpoint, insecure=True)
