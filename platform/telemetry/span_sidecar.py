@@ -126,6 +126,7 @@ class SidecarSpanProcessor(SpanProcessor):
         self._wake = threading.Event()
         self._write_lock = threading.Lock()  # frames are written whole, by one thread at a time
         self._flush_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # `dropped` is counted from several threads
         self._child: subprocess.Popen | None = None
         self._acks = b""  # unread bytes of the child's stdout
         self._token = 0
@@ -199,7 +200,7 @@ class SidecarSpanProcessor(SpanProcessor):
             return True
         except ValueError as exc:
             log.error("span sidecar: span %r dropped: a value cannot be sent (%s)", record[7], exc)
-            self.dropped += 1
+            self._count_dropped(1)
             return False
 
     def _write(self, frame: bytes, spans: int) -> bool:
@@ -218,7 +219,7 @@ class SidecarSpanProcessor(SpanProcessor):
             log.warning("span sidecar: the span export process (pid %d) exited (code %s); %d spans lost; "
                         "starting another", child.pid, code, spans)
             self._child = None
-            self.dropped += spans
+            self._count_dropped(spans)
             if time.monotonic() - self._started_at > _RESTART_MAX_S:  # it lived long: no back-off
                 self._restart_at, self._restart_delay_s = 0.0, _RESTART_FIRST_S
             self._start_child()
@@ -248,8 +249,12 @@ class SidecarSpanProcessor(SpanProcessor):
             pass  # it died at once: the next write finds out
         return True
 
+    def _count_dropped(self, spans: int) -> None:
+        with self._count_lock:
+            self.dropped += spans
+
     def _lose(self, spans: int, why: str) -> None:
-        self.dropped += spans
+        self._count_dropped(spans)
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY_S:
             self._warned_at = now
