@@ -14,9 +14,10 @@ the SQLite ledger on, the billing outbox feeding the OpenTelemetry-metrics hook 
 - "on": both with telemetry as deployed: spans through the span sidecar (a child process of
   each) to OTLP/gRPC (a real receiver, tests/telemetry/otlp_receiver.py, in its own process,
   standing in for a collector on another machine: it runs at nice 19 and its CPU is reported),
-  metrics pushed over OTLP and served on a Prometheus endpoint, with the OpenTelemetry default intervals (metrics every 10 s,
-  spans batched every 5 s) and a scrape every --scrape-interval seconds (the chart's monitors use
-  30 s); expert load sampled as deployed (every 32nd step, MINIMAX_M1_EXPERT_LOAD_EVERY);
+  metrics pushed over OTLP and served on a Prometheus endpoint, with the OpenTelemetry default
+  intervals (metrics every 10 s, spans batched every 5 s) and a scrape every --scrape-interval
+  seconds (the chart's monitors use 30 s); expert load sampled as deployed (every 32nd step,
+  MINIMAX_M1_EXPERT_LOAD_EVERY);
 - "off": the same processes without telemetry (no OTLP endpoint, no metrics port).
 The load is --concurrency streaming callers (this process), 32 output tokens per request: by default
 twice the engine's batch, so the engine is saturated and the figure is its throughput, not the
@@ -241,7 +242,8 @@ def main() -> int:
             receiver.wait(30)
     off_med, on_med = statistics.median(results["off"]), statistics.median(results["on"])
     # Each round measures both sides back to back; its on/off ratio cancels drift slower than a round.
-    paired = sorted(a / b for a, b in zip(results["on"], results["off"]))
+    ratios = [a / b for a, b in zip(results["on"], results["off"])]  # in instance order
+    paired = sorted(ratios)
     q1, paired_med, q3 = statistics.quantiles(paired, n=4, method="inclusive") if len(paired) > 1 else paired * 3
     on_tokens = sum(results["on"]) * args.duration
     print(f"\nmodel: {args.model or model}; cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}; "
@@ -261,7 +263,7 @@ def main() -> int:
     pooled = sum(results["on"]) / sum(results["off"])
     print(f"ratio on / off, geometric mean of the rounds' ratios: {geomean:.3f}; pooled (all on tokens / all off "
           f"tokens, equal round lengths): {pooled:.3f}")
-    within, between, se = _noise([a / b for a, b in zip(results["on"], results["off"])], args.rounds)
+    within, between, se = _noise(ratios, args.rounds)
     steal = host[7] / max(sum(host[:8]), 1) if len(host) > 7 else float("nan")
     print(f"noise: paired log ratios vary by {within:.3f} (sd) within an instance and {between:.3f} between "
           f"instances; standard error of the mean ratio ~{se:.3f}; host CPU steal during the run {100 * steal:.1f}%")

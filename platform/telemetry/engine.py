@@ -61,7 +61,6 @@ class _Live:
     requeued: bool = False
     decode_ns: int | None = None  # the current run of decode steps began
     decode_steps: int = 0  # in the current run
-    total_decode_steps: int = 0  # in the runs that ended
     prefill_chunks: int = 0
     preemptions: int = 0
     # ("queue", start, end, requeued) | ("prefill", start, end, attrs) | ("decode", start, end, steps)
@@ -77,7 +76,6 @@ class _Live:
     def end_decode(self, at_ns: int) -> None:
         if self.decode_ns is not None:
             self.phases.append(("decode", self.decode_ns, at_ns, self.decode_steps))
-            self.total_decode_steps += self.decode_steps
             self.decode_ns, self.decode_steps = None, 0
 
 
@@ -247,7 +245,7 @@ class EngineTelemetry:
         live.end_queue(finish_ns)
         live.end_decode(finish_ns)
         error_type = _error_type(error)
-        attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": live.total_decode_steps,
+        attrs: dict[str, Any] = {"engine.prefill_chunks": live.prefill_chunks, "engine.decode_steps": sum(p[3] for p in live.phases if p[0] == "decode"),
                                  "engine.preemptions": live.preemptions}
         if last is not None:
             attrs.update({"gen_ai.usage.input_tokens": last.input_tokens, "gen_ai.usage.output_tokens": last.output_tokens,

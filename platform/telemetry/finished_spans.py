@@ -27,7 +27,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status
 
-from minimax_m1.telemetry.span_sidecar import SidecarSpanProcessor, scope_record
+from minimax_m1.telemetry.span_sidecar import SidecarSpanProcessor, record, scope_record
 
 
 class FinishedSpans:
@@ -69,22 +69,16 @@ class FinishedSpans:
         """One finished span (nothing when `context` is not sampled)."""
         if not context.trace_flags.sampled:
             return
+        parent = parent if parent is not None and parent.is_valid else None
         if self._records:
-            has_parent = parent is not None and parent.is_valid
-            record = (self._scope_record, context.trace_id, context.span_id, int(context.trace_flags),
-                      context.trace_state.to_header() if context.trace_state else "",
-                      parent.span_id if has_parent else 0, has_parent and parent.is_remote, name, kind.value,
-                      start_ns, end_ns, attributes or {},
-                      tuple((e.name, e.timestamp, dict(e.attributes) if e.attributes else {}, 0) for e in events)
-                      if events else (), (), status.status_code.value if status is not None else 0,
-                      (status.description or "") if status is not None else "", 0, 0, 0)
+            span_record = record(self._scope_record, context, parent, name, kind, start_ns, end_ns, attributes or {},
+                                 events, (), status)
             for processor in self._records:
-                processor.emit(record)
+                processor.emit(span_record)
         if self._processors:
-            span = ReadableSpan(name, context=context, parent=parent if parent is not None and parent.is_valid else None,
-                                resource=self._resource, attributes=attributes or {}, events=events, kind=kind,
-                                instrumentation_scope=self._scope, start_time=start_ns, end_time=end_ns,
-                                **({"status": status} if status is not None else {}))
+            span = ReadableSpan(name, context=context, parent=parent, resource=self._resource,
+                                attributes=attributes or {}, events=events, kind=kind, instrumentation_scope=self._scope,
+                                start_time=start_ns, end_time=end_ns, **({"status": status} if status is not None else {}))
             for processor in self._processors:
                 processor.on_end(span)
 

@@ -99,20 +99,6 @@ def _otlp_kwargs(config: TelemetryConfig) -> dict[str, Any]:
     return kw
 
 
-def _otlp_span_processor(config: TelemetryConfig, resource: Any, simple: bool):
-    """Spans to OTLP: through the span sidecar (a child process) as deployed, else in process."""
-    if config.span_sidecar and not simple:
-        from minimax_m1.telemetry.span_sidecar import SidecarSpanProcessor
-
-        return SidecarSpanProcessor(resource, config.otlp_endpoint, config.otlp_insecure)
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-
-    from minimax_m1.telemetry.otlp_spans import OTLPSpanBytesExporter
-
-    exporter = OTLPSpanBytesExporter(**_otlp_kwargs(config))
-    return SimpleSpanProcessor(exporter) if simple else BatchSpanProcessor(exporter)
-
-
 def _start_prometheus(config: TelemetryConfig, registry) -> tuple[Any, int]:
     from prometheus_client import start_http_server
 
@@ -168,10 +154,16 @@ def setup_telemetry(config: TelemetryConfig, *, span_exporters: Sequence[Any] = 
         readers.append(PeriodicExportingMetricReader(metric_exporter, config.metric_export_interval_ms))
     resource = Resource.create(config.resource_attributes())
     tracer_provider = TracerProvider(resource=resource)
-    processors = [SimpleSpanProcessor(e) if simple_spans else BatchSpanProcessor(e) for e in span_exporters]
-    if config.otlp_endpoint:
-        processors.append(_otlp_span_processor(config, resource, simple_spans))
-    processors = tuple(processors)
+    exporters, sidecar = list(span_exporters), []
+    if config.otlp_endpoint and config.span_sidecar and not simple_spans:  # as deployed: a child process exports
+        from minimax_m1.telemetry.span_sidecar import SidecarSpanProcessor
+
+        sidecar.append(SidecarSpanProcessor(resource, config.otlp_endpoint, config.otlp_insecure))
+    elif config.otlp_endpoint:
+        from minimax_m1.telemetry.otlp_spans import OTLPSpanBytesExporter
+
+        exporters.append(OTLPSpanBytesExporter(**_otlp_kwargs(config)))
+    processors = tuple([SimpleSpanProcessor(e) if simple_spans else BatchSpanProcessor(e) for e in exporters] + sidecar)
     for processor in processors:
         tracer_provider.add_span_processor(processor)
     exemplars = {"always_off": AlwaysOffExemplarFilter, "trace_based": TraceBasedExemplarFilter,

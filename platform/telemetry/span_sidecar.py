@@ -48,11 +48,16 @@ import threading
 import time
 from typing import Any, Sequence
 
-from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace.status import Status, StatusCode
 
 log = logging.getLogger(__name__)
 
-_VERSION = 1
+_VERSION = 2  # of the frames: a child answers only its own version's hello
 _HEADER = struct.Struct("<I")  # frame: little-endian length, then marshal data
 _RESTART_FIRST_S, _RESTART_MAX_S = 1.0, 300.0
 _WARN_EVERY_S = 60.0
@@ -80,20 +85,27 @@ def scope_record(scope: Any) -> tuple:
     return (scope.name or "", scope.version or "", scope.schema_url or "", _attrs(getattr(scope, "attributes", None)) or None)
 
 
-def span_record(span: Any) -> tuple:
-    """The record of a ReadableSpan (spans from tracers; FinishedSpans builds records directly)."""
-    ctx, parent, status = span.context, span.parent, span.status
-    return (scope_record(span.instrumentation_scope), ctx.trace_id, ctx.span_id, int(ctx.trace_flags),
-            ctx.trace_state.to_header() if ctx.trace_state else "", parent.span_id if parent is not None else 0,
-            bool(parent is not None and parent.is_remote), span.name, span.kind.value, span.start_time or 0,
-            span.end_time or 0, _attrs(span.attributes),
-            tuple((e.name, e.timestamp or 0, _attrs(e.attributes), _dropped(e.attributes)) for e in span.events),
+def record(scope: tuple, context: Any, parent: Any, name: str, kind: Any, start_ns: int, end_ns: int,
+           attributes: dict, events: Sequence[Any] = (), links: Sequence[Any] = (), status: Any = None,
+           dropped: tuple[int, int, int] = (0, 0, 0)) -> tuple:
+    """A span's record (layout above) from its parts: `scope` a scope_record, `parent` a SpanContext
+    or None, `attributes` a plain dict, `events` / `links` the SDK's Event / Link objects."""
+    return (scope, context.trace_id, context.span_id, int(context.trace_flags),
+            context.trace_state.to_header() if context.trace_state else "", parent.span_id if parent is not None else 0,
+            bool(parent is not None and parent.is_remote), name, kind.value, start_ns, end_ns, attributes,
+            tuple((e.name, e.timestamp or 0, _attrs(e.attributes), _dropped(e.attributes)) for e in events),
             tuple((link.context.trace_id, link.context.span_id, int(link.context.trace_flags),
                    link.context.trace_state.to_header() if link.context.trace_state else "",
-                   bool(link.context.is_remote), _attrs(link.attributes), _dropped(link.attributes))
-                  for link in span.links),
+                   bool(link.context.is_remote), _attrs(link.attributes), _dropped(link.attributes)) for link in links),
             status.status_code.value if status is not None else 0, (status.description or "") if status is not None else "",
-            span.dropped_attributes, span.dropped_events, span.dropped_links)
+            *dropped)
+
+
+def span_record(span: Any) -> tuple:
+    """The record of a ReadableSpan (spans from tracers)."""
+    return record(scope_record(span.instrumentation_scope), span.context, span.parent, span.name, span.kind,
+                  span.start_time or 0, span.end_time or 0, _attrs(span.attributes), span.events, span.links,
+                  span.status, (span.dropped_attributes, span.dropped_events, span.dropped_links))
 
 
 def _env_int(name: str, default: int) -> int:
@@ -117,7 +129,8 @@ class SidecarSpanProcessor(SpanProcessor):
 
     def __init__(self, resource: Any, endpoint: str, insecure: bool | None = None, *,
                  max_queue_size: int | None = None, command: Sequence[str] | None = None):
-        self._hello = ("hello", _VERSION, _attrs(resource.attributes), resource.schema_url or "", endpoint, insecure)
+        exporter_kwargs = {"endpoint": endpoint, **({"insecure": insecure} if insecure is not None else {})}
+        self._hello = ("hello", _VERSION, _attrs(resource.attributes), resource.schema_url or "", exporter_kwargs)
         self._command = list(command or (sys.executable, "-m", "minimax_m1.telemetry.span_sidecar"))
         self._max_queue = max_queue_size or _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         self._batch = _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
@@ -344,56 +357,48 @@ def _read_frame(stream: Any) -> Any:
 
 
 class _Rebuilder:
-    """ReadableSpans from records, for the child's batch processor."""
+    """ReadableSpans from records, for the child's exporter."""
 
     def __init__(self, resource: Any):
-        from opentelemetry.sdk.trace import Event, ReadableSpan
-        from opentelemetry.sdk.util import BoundedList
-        from opentelemetry.attributes import BoundedAttributes
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-        from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
-        from opentelemetry.trace.status import Status, StatusCode
-
         self.resource = resource
-        self._scopes: dict[tuple, Any] = {}
-        self._t = (Event, ReadableSpan, BoundedList, BoundedAttributes, InstrumentationScope, Link, SpanContext,
-                   SpanKind, TraceFlags, TraceState, Status, StatusCode)
+        self._scopes: dict[tuple, InstrumentationScope] = {}
 
-    def _scope(self, record: tuple) -> Any:
+    def _scope(self, record: tuple) -> InstrumentationScope:
         key = (record[0], record[1], record[2], tuple(sorted(record[3].items())) if record[3] else None)
         scope = self._scopes.get(key)
         if scope is None:
-            InstrumentationScope = self._t[4]
             scope = self._scopes[key] = InstrumentationScope(record[0], record[1] or None, record[2] or None, record[3])
         return scope
 
-    def _counted(self, attributes: dict, dropped: int) -> Any:
+    @staticmethod
+    def _counted(attributes: dict, dropped: int) -> Any:
         if not dropped:
             return attributes
-        bounded = self._t[3](maxlen=None, attributes=attributes, immutable=True)
+        bounded = BoundedAttributes(maxlen=None, attributes=attributes, immutable=True)
         bounded.dropped = dropped
         return bounded
 
-    def _listed(self, items: list, dropped: int) -> Any:
+    @staticmethod
+    def _listed(items: list, dropped: int) -> Any:
         if not dropped:
             return items
-        bounded = self._t[2].from_seq(None, items)
+        bounded = BoundedList.from_seq(None, items)
         bounded.dropped = dropped
         return bounded
 
-    def span(self, r: tuple) -> Any:
-        (Event, ReadableSpan, _, _, _, Link, SpanContext, SpanKind, TraceFlags, TraceState, Status, StatusCode) = self._t
+    @staticmethod
+    def _context(trace_id: int, span_id: int, flags: int, state: str, remote: bool) -> SpanContext:
+        return SpanContext(trace_id, span_id, is_remote=remote, trace_flags=TraceFlags(flags),
+                           trace_state=TraceState.from_header([state]) if state else None)
+
+    def span(self, r: tuple) -> ReadableSpan:
         (scope, trace_id, span_id, flags, state, parent_id, parent_remote, name, kind, start, end, attributes,
          events, links, code, description, dropped_attributes, dropped_events, dropped_links) = r
-        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags),
-                              trace_state=TraceState.from_header([state]) if state else None)
         parent = SpanContext(trace_id, parent_id, is_remote=parent_remote) if parent_id else None
         events = [Event(n, self._counted(a, d), timestamp=t) for n, t, a, d in events]
-        links = [Link(SpanContext(t, s, is_remote=rem, trace_flags=TraceFlags(f),
-                                  trace_state=TraceState.from_header([st]) if st else None), self._counted(a, d))
-                 for t, s, f, st, rem, a, d in links]
-        return ReadableSpan(name, context=context, parent=parent, resource=self.resource,
-                            attributes=self._counted(attributes, dropped_attributes),
+        links = [Link(self._context(t, s, f, st, rem), self._counted(a, d)) for t, s, f, st, rem, a, d in links]
+        return ReadableSpan(name, context=self._context(trace_id, span_id, flags, state, False), parent=parent,
+                            resource=self.resource, attributes=self._counted(attributes, dropped_attributes),
                             events=self._listed(events, dropped_events), links=self._listed(links, dropped_links),
                             kind=SpanKind(kind), instrumentation_scope=self._scope(scope),
                             status=Status(StatusCode(code), description or None),
@@ -417,11 +422,8 @@ def main() -> int:
     if not hello or hello[0] != "hello" or hello[1] != _VERSION:
         log.error("span sidecar: expected a version %d hello frame, got %r", _VERSION, hello and hello[:2])
         return 2
-    _, _, resource_attributes, schema_url, endpoint, insecure = hello
-    kw: dict[str, Any] = {"endpoint": endpoint}
-    if insecure is not None:
-        kw["insecure"] = insecure
-    exporter = OTLPSpanBytesExporter(**kw)
+    _, _, resource_attributes, schema_url, exporter_kwargs = hello
+    exporter = OTLPSpanBytesExporter(**exporter_kwargs)
     rebuild = _Rebuilder(Resource(resource_attributes, schema_url or None))
     failed = False  # an export since the last flush failed: the flush answers 0
     try:
