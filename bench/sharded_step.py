@@ -74,20 +74,6 @@ def time_decode(step, prefill, decode, steps: int, warmup: int = 3):
     return statistics.median(times), all_logits
 
 
-def settled_traffic(instance, pause_s: float = 0.05, reads: int = 100) -> list[dict]:
-    """The workers' traffic once it stops changing: a step returns when the leader is done, and the
-    other ranks count their part of the last exchange a moment later (seen once in CI: a reset
-    that came first left 1 KiB of the previous step in the measured one)."""
-    last = instance.traffic()
-    for _ in range(reads):
-        time.sleep(pause_s)
-        now = instance.traffic()
-        if now == last:
-            return now
-        last = now
-    raise RuntimeError(f"the workers' traffic counters kept changing for {reads * pause_s:.0f} s")
-
-
 def record(path: Path, rows: list[str]) -> None:
     """Add table lines to this script's section of the results file, creating the section if missing."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
@@ -144,10 +130,9 @@ def main(argv=None) -> int:
             try:
                 seconds, logits = time_decode(instance.step, prefill, decode, args.steps)
                 same = all(torch.equal(a.argmax(-1), b.argmax(-1)) for a, b in zip(logits, base_logits))
-                settled_traffic(instance)  # the timed steps' counts are all in before the reset
                 instance.reset_traffic()
                 instance.step(decode(logits[-1].argmax(-1).tolist(), args.steps + 3))
-                traffic = settled_traffic(instance)
+                traffic = instance.traffic()
             finally:
                 instance.close()
             ep_bytes = sum(t["dispatch_bytes"] + t["combine_bytes"] for t in traffic)

@@ -198,6 +198,9 @@ class ShardWorker:
         self.reads: list[tuple[str, int, int]] = []  # checkpoint byte ranges this worker read
         self._control = None
         self._lead_lock = threading.Lock()
+        # Held while a non-leader runs a step: the leader's step returns once the last exchange is
+        # done, a moment before the others count it, so reading or resetting the counters waits.
+        self._step_lock = threading.Lock()
 
     # ---- world ----------------------------------------------------------------------------------
     def ping(self) -> dict:
@@ -262,7 +265,8 @@ class ShardWorker:
                 return steps
             if kind == HEARTBEAT:
                 continue
-            self._run(payload)
+            with self._step_lock:
+                self._run(payload)
             steps += 1
 
     def _run(self, request: StepRequest):
@@ -279,15 +283,17 @@ class ShardWorker:
         return list(self.reads)
 
     def traffic(self) -> dict:
-        out = dict(vars(self.exchange.traffic)) if self.exchange else {}
-        out["tp_bytes"] = self.tp_group.bytes_sent if self.tp_group and self.role.has_attention else 0
-        return out
+        with self._step_lock:  # a step in flight on this rank counts first
+            out = dict(vars(self.exchange.traffic)) if self.exchange else {}
+            out["tp_bytes"] = self.tp_group.bytes_sent if self.tp_group and self.role.has_attention else 0
+            return out
 
     def reset_traffic(self) -> None:
-        if self.exchange:
-            self.exchange.traffic = Traffic()
-        if self.tp_group:
-            self.tp_group.bytes_sent = 0
+        with self._step_lock:
+            if self.exchange:
+                self.exchange.traffic = Traffic()
+            if self.tp_group:
+                self.tp_group.bytes_sent = 0
 
 
 class AttentionWorker(ShardWorker):
